@@ -1,0 +1,45 @@
+"""Shared pieces of the command line: consoles, error handling, JSON output."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from hwsparse.errors import InputError
+
+# Results go to stdout; progress and diagnostics go to stderr, so `--json` output pipes cleanly.
+out = Console()
+err = Console(stderr=True)
+
+# fvcore calls torch.jit.script at import time; torch >= 2.14 turns that into a FutureWarning
+# that would be printed on every run (see shared reference ecosystem.md §1.3).
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn bad input into a one-line message on stderr and exit code 2 (no traceback)."""
+    try:
+        yield
+    except InputError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+def print_json(payload: Any) -> None:
+    """Print machine-readable output on stdout (and nothing else there)."""
+    typer.echo(json.dumps(payload, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple | set):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

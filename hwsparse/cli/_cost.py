@@ -1,0 +1,3 @@
+"""CLI commands of the hardware cost model: devices, estimate, calibrate."""
+
+from __future__ import annotations
