@@ -1,0 +1,402 @@
+"""Sparsity-aware FLOP counting: fvcore on the dense graph, scaled per layer by the mask.
+
+Convention (fvcore's): **one multiply-add = one flop**, batch 1, ``input_shape`` is one sample
+without the batch dimension. Bias additions, activations, residual adds and max-pooling are not
+counted (fvcore ignores them or reports them in ``unsupported_ops``); batch-norm counts
+2 flops per element, adaptive average pooling 1 per input element. ``torch.utils.flop_counter``
+counts 2 per multiply-add and skips batch-norm: divide it by 2 to compare conv/linear terms.
+
+Sparse-aware count. The dense graph is counted once per architecture (cached), then every
+Conv1d/Conv2d/Linear is scaled by the fraction of its weights that still do work:
+
+    kept = #{weights w[o, j, ...] : mask != 0 and input channel of j is live} / weight.numel()
+
+For an element (``weight``) mask with every input live this is the mask's density; for a
+channel mask (whole output rows zero) it is kept-output x kept-input channels, the input side
+coming from the producers' pruned outputs. Which input channels are live is found by one
+dataflow pass (:func:`channel_liveness`): the network is run with every Conv/Linear weight
+replaced by its 0/1 mask, biases zeroed, batch-norm set to the identity, other parameters made
+non-negative and an all-ones input, and each Conv/Linear output binarised to ``!= 0``. A channel
+that is zero in that pass carries no data in any input (it is constant, so a compacted
+network folds it into the next bias). Residual adds are unions: a channel stays live after
+``a + b`` when either branch carries it, so a channel pruned in one branch of a ResNet block
+still costs its flops downstream when the shortcut keeps it. Other layers with counted flops
+(batch-norm, pooling) are scaled by the live fraction of their input elements. Flops counted in
+a parent's ``forward`` (functional calls) are left dense. Ops that map 0 to a non-zero constant
+(``sigmoid``) or subtract means (layer/group norm) can keep a dead channel live; the count is
+then conservative (too high), never too low.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.jit._trace import TracerWarning
+
+from hwsparse.errors import InputError
+
+CONVENTION = "fvcore: 1 multiply-add = 1 flop, batch 1"
+
+# Layers whose weights a mask may prune (DESIGN: weights of Conv/Linear only).
+MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+@dataclass(frozen=True)
+class LayerFlops:
+    """Flops of one module, its own share only (children excluded).
+
+    Attributes:
+        name: module qualified name from ``model.named_modules()`` ("" is the root's own ops).
+        kind: module class name, e.g. ``Conv2d``.
+        dense: flops of the dense layer (1 multiply-add = 1 flop, batch 1).
+        flops: flops left after the mask and dead input channels are taken out.
+    """
+
+    name: str
+    kind: str
+    dense: int
+    flops: int
+
+    @property
+    def density(self) -> float:
+        """Fraction of the dense flops that remain (1.0 for a dense layer)."""
+        return self.flops / self.dense if self.dense else 1.0
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """Result of :func:`count_flops`.
+
+    Attributes:
+        total: sparse-aware flops of one forward pass, batch 1 (1 multiply-add = 1 flop).
+        dense: flops of the same network with no mask.
+        layers: one row per module with its own flops > 0, in ``named_modules`` order.
+        unsupported_ops: ops fvcore saw but did not count (``{"aten::max_pool2d": 2}``).
+        convention: the counting convention, for display.
+    """
+
+    total: int
+    dense: int
+    layers: tuple[LayerFlops, ...]
+    unsupported_ops: Mapping[str, int] = field(default_factory=dict)
+    convention: str = CONVENTION
+
+    @property
+    def density(self) -> float:
+        """total / dense (1.0 for a dense network)."""
+        return self.total / self.dense if self.dense else 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense counting (fvcore), cached per architecture
+
+
+@dataclass(frozen=True)
+class _DenseCount:
+    own: Mapping[str, int]  # module name -> flops of its own ops (children excluded)
+    total: int
+    unsupported: Mapping[str, int]
+
+
+_CACHE_SIZE = 128
+_dense_cache: OrderedDict[tuple[Any, ...], _DenseCount] = OrderedDict()
+
+
+def _fvcore_analysis() -> Any:
+    """Import fvcore's FlopCountAnalysis without its import-time TorchScript warnings."""
+    with warnings.catch_warnings():
+        # fvcore/nn/focal_loss.py calls torch.jit.script at import (ecosystem.md §1.3).
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(fvcore|iopath)")
+        from fvcore.nn import FlopCountAnalysis
+    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
+    return FlopCountAnalysis
+
+
+def architecture_key(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[Any, ...]:
+    """A hashable key that is equal for two models of the same architecture and input shape.
+
+    Module classes, their ``repr`` (kernel, stride, widths...) and every parameter/buffer shape
+    enter the key; weight values and masks do not.
+    """
+    parts: list[Any] = [tuple(input_shape), repr(model)]
+    for name, mod in model.named_modules():
+        cls = type(mod)
+        shapes = tuple(
+            (n, tuple(t.shape), str(t.dtype))
+            for n, t in (*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False))
+            if t is not None
+        )
+        parts.append((name, cls.__module__, cls.__qualname__, shapes))
+    return tuple(parts)
+
+
+def example_input(model: nn.Module, input_shape: tuple[int, ...], fill: float = 1.0) -> Tensor:
+    """A batch-1 input of ``input_shape`` on the model's device and floating dtype."""
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return torch.full((1, *input_shape), fill, device=device, dtype=dtype)
+
+
+def check_input_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Validate a per-sample input shape (positive ints, no batch dimension)."""
+    shape = tuple(input_shape)
+    if not shape or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in shape):
+        raise InputError(
+            f"input shape {shape} must be positive integers per sample (no batch dimension),"
+            " e.g. (3, 32, 32)"
+        )
+    return shape
+
+
+def _run_forward(model: nn.Module, fn: Callable[[], Any], input_shape: tuple[int, ...]) -> Any:
+    try:
+        return fn()
+    except InputError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"model {type(model).__name__} cannot run on input shape (1, "
+            f"{', '.join(map(str, input_shape))}): {msg}"
+        ) from None
+
+
+def dense_flops(model: nn.Module, input_shape: tuple[int, ...]) -> _DenseCount:
+    """fvcore count of the dense graph, own flops per module; cached per architecture."""
+    key = architecture_key(model, input_shape)
+    hit = _dense_cache.get(key)
+    if hit is not None:
+        _dense_cache.move_to_end(key)
+        return hit
+    analysis_cls = _fvcore_analysis()
+    was_training = model.training
+    model.eval()
+    try:
+        x = example_input(model, input_shape)
+
+        def analyse() -> Any:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", TracerWarning)
+                fca = (
+                    analysis_cls(model, (x,))
+                    .unsupported_ops_warnings(False)
+                    .uncalled_modules_warnings(False)
+                    .tracer_warnings("none")
+                )
+                return fca.by_module(), fca.total(), dict(fca.unsupported_ops())
+
+        by_module, total, unsupported = _run_forward(model, analyse, input_shape)
+    finally:
+        model.train(was_training)
+    own: dict[str, int] = {}
+    for name, mod in model.named_modules():
+        children = sum(int(by_module.get(_join(name, c), 0)) for c, _ in mod.named_children())
+        own[name] = int(by_module.get(name, 0)) - children
+    result = _DenseCount(own=own, total=int(total), unsupported=unsupported)
+    _dense_cache[key] = result
+    if len(_dense_cache) > _CACHE_SIZE:
+        _dense_cache.popitem(last=False)
+    return result
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+# ---------------------------------------------------------------------------------------------
+# Channel liveness (dataflow pass)
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """Result of :func:`channel_liveness`.
+
+    Attributes:
+        live_inputs: for every Conv/Linear, a bool vector over its input channels
+            (Conv: ``C_in``; Linear: ``in_features``) that is True where data arrives.
+        live_fraction: for every other leaf module, the live share of its input elements.
+    """
+
+    live_inputs: Mapping[str, Tensor]
+    live_fraction: Mapping[str, float]
+
+
+def check_masks(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+    """Validate masks against the model: known Conv/Linear names, weight shape, 0/1 values.
+
+    Returns:
+        A dict name -> bool tensor (True = weight kept) on the weight's device.
+    """
+    if not masks:
+        return {}
+    modules = dict(model.named_modules())
+    maskable = sorted(n for n, m in modules.items() if isinstance(m, MASKABLE))
+    checked: dict[str, Tensor] = {}
+    for name, mask in masks.items():
+        mod = modules.get(name)
+        if mod is None or not isinstance(mod, MASKABLE):
+            shown = ", ".join(maskable[:12]) + (" ..." if len(maskable) > 12 else "")
+            raise InputError(f"mask for unknown Conv/Linear layer {name!r}; layers: {shown}")
+        weight = mod.weight
+        if tuple(mask.shape) != tuple(weight.shape):
+            raise InputError(
+                f"mask {name!r} has shape {tuple(mask.shape)}, its weight {tuple(weight.shape)}"
+            )
+        m = mask.detach()
+        if not bool(((m == 0) | (m == 1)).all()):
+            raise InputError(f"mask {name!r} is not binary (0/1); binarize relaxed masks first")
+        checked[name] = (m != 0).to(weight.device)
+    return checked
+
+
+def _positive_state(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Parameters/buffers that make the forward a non-negative reachability pass."""
+    state: dict[str, Tensor] = {}
+    for mname, mod in model.named_modules():
+        for pname, p in (*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)):
+            if p is None or not p.is_floating_point():
+                continue
+            full = _join(mname, pname)
+            if isinstance(mod, MASKABLE) and pname == "weight":
+                kept = masks.get(mname)
+                state[full] = kept.to(p.dtype) if kept is not None else torch.ones_like(p)
+            elif isinstance(mod, MASKABLE) and pname == "bias":
+                state[full] = torch.zeros_like(p)
+            elif isinstance(mod, _NORMS):
+                neutral = {"running_mean": 0.0, "bias": 0.0, "running_var": 1.0, "weight": 1.0}
+                fill = neutral.get(pname)
+                state[full] = torch.full_like(p, fill) if fill is not None else p.detach()
+            else:
+                state[full] = p.detach().abs()
+    return state
+
+
+def channel_liveness(
+    model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, Tensor]
+) -> Liveness:
+    """Which input channels of each layer carry data once the masked weights are removed.
+
+    See the module docstring for the method. ``masks`` must come from :func:`check_masks`.
+    """
+    live_inputs: dict[str, Tensor] = {}
+    live_fraction: dict[str, float] = {}
+    handles = []
+
+    def conv_pre(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            if isinstance(mod, nn.Linear):
+                live = (x != 0).reshape(-1, x.shape[-1]).any(dim=0)
+            else:
+                live = (x != 0).transpose(0, 1).reshape(x.shape[1], -1).any(dim=1)
+            prev = live_inputs.get(name)
+            live_inputs[name] = live if prev is None else (prev | live)
+
+        return hook
+
+    def binarize(mod: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
+        return (out != 0).to(out.dtype)
+
+    def other_pre(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            if args and isinstance(args[0], Tensor) and args[0].numel():
+                frac = float((args[0] != 0).float().mean())
+                live_fraction[name] = max(frac, live_fraction.get(name, 0.0))
+
+        return hook
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, MASKABLE):
+            handles.append(mod.register_forward_pre_hook(conv_pre(name)))
+            handles.append(mod.register_forward_hook(binarize))
+        elif not any(True for _ in mod.children()):
+            handles.append(mod.register_forward_pre_hook(other_pre(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        state = _positive_state(model, masks)
+        x = example_input(model, input_shape)
+        with torch.no_grad():
+            _run_forward(model, lambda: functional_call(model, state, (x,)), input_shape)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return Liveness(live_inputs=live_inputs, live_fraction=live_fraction)
+
+
+def kept_weights(mod: nn.Module, kept: Tensor | None, live_in: Tensor | None) -> Tensor:
+    """Bool tensor of ``mod.weight``'s shape: True where the weight still does work."""
+    weight = mod.weight
+    assert isinstance(weight, Tensor)
+    keep = kept if kept is not None else torch.ones(weight.shape, dtype=torch.bool)
+    keep = keep.to(weight.device)
+    if live_in is None:
+        return keep
+    live_in = live_in.to(weight.device)
+    if isinstance(mod, nn.Linear):
+        return keep & live_in.view(1, -1)
+    groups = int(getattr(mod, "groups", 1))
+    c_out, c_in_g = weight.shape[0], weight.shape[1]
+    per_group = live_in.view(groups, 1, c_in_g).expand(groups, c_out // groups, c_in_g)
+    live_w = per_group.reshape(c_out, c_in_g, *([1] * (weight.dim() - 2)))
+    return keep & live_w
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def count_flops(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    masks: Mapping[str, Tensor] | None = None,
+) -> FlopCount:
+    """Count the flops of one forward pass, sparse-aware.
+
+    Args:
+        model: a plain ``nn.Module`` (no parametrizations); it is run in eval mode and its
+            training flag is restored afterwards.
+        input_shape: one sample's shape without the batch dimension, e.g. ``(3, 32, 32)``.
+        masks: optional binary (0/1) masks keyed by Conv/Linear qualified names, each of the
+            layer's weight shape. Channel masks arrive expanded (whole output rows zero).
+
+    Returns:
+        A :class:`FlopCount` (1 multiply-add = 1 flop, batch 1). ``total`` honours masks and
+        dead input channels; ``dense`` is the unmasked graph.
+
+    Raises:
+        InputError: the model cannot run on ``input_shape``, or a mask does not fit its layer.
+    """
+    input_shape = check_input_shape(input_shape)
+    dense = dense_flops(model, input_shape)
+    checked = check_masks(model, masks)
+    liveness = channel_liveness(model, input_shape, checked) if checked else None
+    rows: list[LayerFlops] = []
+    for name, mod in model.named_modules():
+        own = dense.own.get(name, 0)
+        if own <= 0:
+            continue
+        flops = own
+        if liveness is not None:
+            if isinstance(mod, MASKABLE):
+                keep = kept_weights(mod, checked.get(name), liveness.live_inputs.get(name))
+                flops = round(own * int(keep.sum()) / keep.numel())
+            elif name in liveness.live_fraction:
+                flops = round(own * liveness.live_fraction[name])
+        rows.append(LayerFlops(name=name, kind=type(mod).__name__, dense=own, flops=flops))
+    total = dense.total - sum(r.dense - r.flops for r in rows)
+    return FlopCount(
+        total=total, dense=dense.total, layers=tuple(rows), unsupported_ops=dense.unsupported
+    )
