@@ -1,0 +1,338 @@
+"""Relaxed and binary masks attached to the Conv/Linear weights of any nn.Module.
+
+Masks attach with ``torch.nn.utils.parametrize``, so registry models and user models get the
+same machinery and ``module.weight`` always reads as ``mask * weight``. Only the ``weight`` of
+Conv1d/Conv2d/Conv3d/Linear layers is ever masked; biases and normalisation layers never.
+
+Conventions:
+- A *relaxed* mask has entries in [0, 1] and is trained jointly with the weights:
+  ``projected`` (the paper's): a plain tensor initialised to 1 and clamped to [0, 1] after each
+  optimiser step; ``sigmoid``: m = sigmoid(s / T), with T annealed towards 0 so that m becomes
+  binary; the forward pass multiplies by ``m / m_0`` (m_0 = sigmoid(s_0 / T_0)) so the network
+  starts from its unmasked function.
+- Granularity ``weight``: one entry per weight (unstructured). ``channel``: one entry per output
+  channel of a conv (a filter) or per output neuron of a linear layer.
+- A *binary* mask (``Masks``) maps a layer's qualified name (as in ``named_modules()``) to a 0/1
+  float tensor of the weight's own shape; channel masks are expanded to that shape.
+- Density is kept weights / all weights, counted over the weights of every Conv/Linear layer
+  (masked or not), so unmasked first/last layers count as fully kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from hwsparse.errors import InputError, lookup
+
+Masks = dict[str, torch.Tensor]
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PARAMETERIZATIONS = ("projected", "sigmoid")
+GRANULARITIES = ("weight", "channel")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """How masks are attached and relaxed."""
+
+    param: str = "projected"  # projected | sigmoid
+    granularity: str = "weight"  # weight | channel
+    mask_first: bool = True  # mask the first Conv/Linear layer (the input layer)
+    mask_last: bool = True  # mask the last Conv/Linear layer (the classifier)
+    temperature: float = 1.0  # sigmoid only: initial temperature T_0
+    anneal: float = 200.0  # sigmoid only: T falls geometrically from T_0 to T_0 / anneal
+    sigmoid_init: float = 2.0  # sigmoid only: initial logit s_0 / T_0 (m_0 = sigmoid(2) = 0.88)
+
+    def __post_init__(self) -> None:
+        lookup({p: p for p in PARAMETERIZATIONS}, self.param, "mask parameterization")
+        lookup({g: g for g in GRANULARITIES}, self.granularity, "granularity")
+        if not self.temperature > 0:
+            raise InputError(f"--temperature must be > 0 (got {self.temperature})")
+        if not self.anneal >= 1:
+            raise InputError(f"temperature anneal factor must be >= 1 (got {self.anneal})")
+
+
+def prunable_layers(
+    model: nn.Module, *, mask_first: bool = True, mask_last: bool = True
+) -> list[tuple[str, nn.Module]]:
+    """Conv/Linear layers in ``named_modules()`` order, minus first/last if asked."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    if not layers:
+        raise InputError("the model has no Conv/Linear layer to sparsify")
+    first, last = layers[0][0], layers[-1][0]
+    chosen = [
+        (n, m)
+        for n, m in layers
+        if (mask_first or n != first) and (mask_last or n != last)
+    ]
+    if not chosen:
+        raise InputError("no layer left to mask: the model has one layer and it is excluded")
+    return chosen
+
+
+def _mask_shape(weight: torch.Tensor, granularity: str) -> tuple[int, ...]:
+    if granularity == "channel":
+        return (weight.shape[0],) + (1,) * (weight.dim() - 1)
+    return tuple(weight.shape)
+
+
+class RelaxedMask(nn.Module):
+    """Parametrization ``weight -> scale * m * weight`` with a trainable relaxed mask m."""
+
+    def __init__(self, weight: torch.Tensor, config: MaskConfig) -> None:
+        super().__init__()
+        self.param = config.param
+        shape = _mask_shape(weight, config.granularity)
+        if self.param == "projected":
+            init = torch.ones(shape, device=weight.device)
+            self.scale = 1.0
+        else:
+            init = torch.full(shape, config.sigmoid_init * config.temperature, device=weight.device)
+            self.scale = 1.0 / (1.0 / (1.0 + math.exp(-config.sigmoid_init)))
+        self.score = nn.Parameter(init)
+        self.temperature = config.temperature
+        self.entry_size = weight.numel() // init.numel()  # weights covered by one entry
+
+    def soft(self) -> torch.Tensor:
+        """The relaxed mask m in [0, 1] (mask-shaped, not expanded)."""
+        if self.param == "projected":
+            return self.score
+        return torch.sigmoid(self.score / self.temperature)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        m = self.soft()
+        return weight * (m * self.scale if self.scale != 1.0 else m)
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Clamp a projected mask back to [0, 1] (called after every optimiser step)."""
+        if self.param == "projected":
+            self.score.clamp_(0.0, 1.0)
+
+
+class FixedMask(nn.Module):
+    """Parametrization ``weight -> mask * weight`` with a fixed binary mask (a ticket)."""
+
+    mask: torch.Tensor
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.detach().clone())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def attach_relaxed(model: nn.Module, config: MaskConfig) -> dict[str, RelaxedMask]:
+    """Attach a trainable relaxed mask to every chosen layer; returns them by layer name."""
+    out: dict[str, RelaxedMask] = {}
+    for name, layer in prunable_layers(
+        model, mask_first=config.mask_first, mask_last=config.mask_last
+    ):
+        mask = RelaxedMask(layer.weight, config)
+        parametrize.register_parametrization(layer, "weight", mask)
+        out[name] = mask
+    return out
+
+
+def attach_fixed(model: nn.Module, masks: Masks) -> None:
+    """Attach fixed binary masks (weight-shaped) to the named layers."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        layer = modules[name]
+        parametrize.register_parametrization(layer, "weight", FixedMask(mask))
+
+
+def detach_masks(model: nn.Module, *, bake: bool = True) -> None:
+    """Remove every mask parametrization; with ``bake`` the weights keep the masked values."""
+    for _, layer in _parametrized(model):
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=bake)
+
+
+def _parametrized(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    for name, layer in list(model.named_modules()):
+        if parametrize.is_parametrized(layer, "weight"):
+            yield name, layer
+
+
+def relaxed_masks(model: nn.Module) -> dict[str, RelaxedMask]:
+    """The relaxed masks attached to ``model``, by layer name."""
+    out: dict[str, RelaxedMask] = {}
+    for name, layer in _parametrized(model):
+        for p in layer.parametrizations.weight:  # type: ignore[union-attr,attr-defined]
+            if isinstance(p, RelaxedMask):
+                out[name] = p
+    return out
+
+
+def raw_weight(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight without its mask applied."""
+    if parametrize.is_parametrized(layer, "weight"):
+        w: torch.Tensor = layer.parametrizations.weight.original  # type: ignore[union-attr]
+        return w
+    weight: torch.Tensor = layer.weight  # type: ignore[assignment]
+    return weight
+
+
+def set_temperature(masks: dict[str, RelaxedMask], temperature: float) -> None:
+    for m in masks.values():
+        m.temperature = temperature
+
+
+def project(masks: dict[str, RelaxedMask]) -> None:
+    for m in masks.values():
+        m.project()
+
+
+# --- binarisation -------------------------------------------------------------------------------
+
+
+def _weight_counts(model: nn.Module) -> dict[str, int]:
+    return {n: raw_weight(m).numel() for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+
+def binarize(
+    model: nn.Module, *, threshold: float = 0.5, density: float | None = None
+) -> Masks:
+    """Turn the relaxed masks of ``model`` into binary, weight-shaped masks.
+
+    Without ``density``: keep entries with m > ``threshold``. With ``density``: keep the entries
+    with the largest m (ties broken by weight magnitude) so that the density over all Conv/Linear
+    weights is as close to ``density`` as the mask's granularity allows, never above it. Entries
+    the projection set to exactly 0 are always dropped, so the result can be sparser than asked.
+    """
+    relaxed = relaxed_masks(model)
+    if not relaxed:
+        raise ValueError("binarize needs a model with relaxed masks attached")
+    modules = dict(model.named_modules())
+    if density is None:
+        return {
+            name: _expand((m.soft() > threshold).float(), raw_weight(modules[name]))
+            for name, m in relaxed.items()
+        }
+    scores = {name: m.soft().detach() for name, m in relaxed.items()}
+    magnitudes = {
+        name: _group_magnitude(raw_weight(modules[name]).detach(), scores[name].shape)
+        for name in relaxed
+    }
+    keep = top_k_masks(model, scores, magnitudes, density, drop_zeros=True)
+    return keep
+
+
+def _group_magnitude(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """|w| per mask entry: the weight's magnitude, or a channel's mean |w|."""
+    if tuple(shape) == tuple(weight.shape):
+        return weight.abs()
+    return weight.abs().flatten(1).mean(1).view(shape)
+
+
+def _expand(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return mask.expand_as(weight).contiguous().float()
+
+
+def top_k_masks(
+    model: nn.Module,
+    scores: dict[str, torch.Tensor],
+    tiebreak: dict[str, torch.Tensor],
+    density: float,
+    *,
+    drop_zeros: bool = False,
+) -> Masks:
+    """Keep the highest-scoring mask entries, globally across layers, to hit ``density``.
+
+    ``scores`` are mask-shaped (weight- or channel-shaped) per layer; each entry stands for the
+    weights it covers. ``density`` is over all Conv/Linear weights; layers not in ``scores`` are
+    kept whole. Raises InputError when the unmasked layers alone exceed the density.
+    """
+    check_density(density)
+    counts = _weight_counts(model)
+    total = sum(counts.values())
+    fixed = sum(c for n, c in counts.items() if n not in scores)
+    budget = math.floor(density * total + 1e-9) - fixed
+    if budget < 0:
+        raise InputError(
+            f"density {density:g} is impossible: the unmasked layers alone hold "
+            f"{fixed / total:.4f} of the weights (mask the first/last layer or raise the density)"
+        )
+    names = list(scores)
+    flat_score = torch.cat([scores[n].flatten().float().cpu() for n in names])
+    flat_tie = torch.cat([tiebreak[n].flatten().float().cpu() for n in names])
+    per_entry = torch.cat(
+        [
+            torch.full((scores[n].numel(),), counts[n] // scores[n].numel(), dtype=torch.long)
+            for n in names
+        ]
+    )
+    # Lexicographic order: by score, ties by magnitude (stable sorts, secondary key first).
+    order = torch.sort(flat_tie, descending=True, stable=True).indices
+    order = order[torch.sort(flat_score[order], descending=True, stable=True).indices]
+    cum = torch.cumsum(per_entry[order], 0)
+    n_keep = int(torch.searchsorted(cum, torch.tensor(budget), right=True))
+    kept = torch.zeros(flat_score.numel(), dtype=torch.bool)
+    kept[order[:n_keep]] = True
+    if drop_zeros:
+        kept &= flat_score > 0
+    modules = dict(model.named_modules())
+    out: Masks = {}
+    offset = 0
+    for n in names:
+        k = scores[n].numel()
+        mask = kept[offset : offset + k].view(scores[n].shape).float()
+        weight = raw_weight(modules[n])
+        out[n] = _expand(mask.to(weight.device), weight)
+        offset += k
+    return out
+
+
+def check_density(density: float) -> float:
+    if not 0 < density <= 1:
+        raise InputError(f"density must be in (0, 1] (got {density})")
+    return density
+
+
+# --- reporting ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerDensity:
+    name: str
+    kept: int
+    total: int
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.total
+
+
+def layer_densities(model: nn.Module, masks: Masks | None = None) -> list[LayerDensity]:
+    """Kept / total weights per Conv/Linear layer; layers without a mask count as dense."""
+    masks = masks or {}
+    rows = []
+    for name, layer in model.named_modules():
+        if isinstance(layer, PRUNABLE_TYPES):
+            total = raw_weight(layer).numel()
+            kept = int(masks[name].count_nonzero()) if name in masks else total
+            rows.append(LayerDensity(name, kept, total))
+    return rows
+
+
+def global_density(model: nn.Module, masks: Masks | None = None) -> float:
+    """Kept / total over the weights of every Conv/Linear layer."""
+    rows = layer_densities(model, masks)
+    return sum(r.kept for r in rows) / sum(r.total for r in rows)
+
+
+def soft_density(masks: dict[str, RelaxedMask], threshold: float = 0.5) -> float:
+    """Fraction of masked weights whose relaxed mask is above ``threshold`` (for progress)."""
+    kept = total = 0
+    for m in masks.values():
+        s = m.soft().detach()
+        kept += int((s > threshold).sum()) * m.entry_size
+        total += s.numel() * m.entry_size
+    return kept / max(total, 1)
