@@ -730,3 +730,25 @@ def method_names() -> list[str]:
 
     return [*PENALTIES, *BASELINES]
 
+
+
+def planned_epochs(
+    method: str,
+    density: float,
+    config: TrainConfig,
+    ticket: TicketConfig | None = None,
+    baseline: BaselineConfig | None = None,
+) -> int:
+    """Training epochs ``run_method`` will spend (for progress bars and compute budgets)."""
+    ticket = ticket or TicketConfig()
+    baseline = baseline or BaselineConfig()
+    e = config.epochs
+    if method == "dense" or method == "random":
+        return e
+    if method == "magnitude":
+        return 2 * e
+    if method == "imp":
+        return (_imp_rounds(density, baseline.prune_rate) + 1) * e
+    if method == "cs":
+        return baseline.cs_rounds * baseline.cs_epochs + e
+    return ticket.search_epochs + e

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +9,9 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from hwsparse._json import dumps
 from hwsparse.errors import InputError
 
 # Results go to stdout; progress and diagnostics go to stderr, so `--json` output pipes cleanly.
@@ -28,18 +29,10 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except InputError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
 def print_json(payload: Any) -> None:
     """Print machine-readable output on stdout (and nothing else there)."""
-    typer.echo(json.dumps(payload, indent=2, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, tuple | set):
-        return list(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+    typer.echo(dumps(payload))

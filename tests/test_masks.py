@@ -1,0 +1,143 @@
+"""Relaxed and fixed masks on Conv/Linear layers; binarisation; density reporting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hwsparse import masks as M
+from hwsparse.errors import InputError
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
+
+
+def test_attach_masks_only_conv_linear_weights() -> None:
+    net = small_net()
+    relaxed = M.attach_relaxed(net, M.MaskConfig())
+    assert list(relaxed) == ["0", "4", "6"]  # Conv/Linear only, never the BatchNorm
+    for layer in (net[0], net[4], net[6]):
+        assert not torch.nn.utils.parametrize.is_parametrized(layer, "bias")
+
+
+def test_projected_mask_starts_as_identity_and_clamps() -> None:
+    net = small_net()
+    x = torch.randn(2, 1, 6, 6)
+    net.eval()
+    before = net(x)
+    relaxed = M.attach_relaxed(net, M.MaskConfig())
+    torch.testing.assert_close(net(x), before)  # m = 1 at the start
+    with torch.no_grad():
+        relaxed["4"].score.add_(torch.linspace(-2, 2, relaxed["4"].score.numel()).view_as(
+            relaxed["4"].score))
+    M.project(relaxed)
+    assert relaxed["4"].score.min() == 0.0 and relaxed["4"].score.max() == 1.0
+
+
+def test_sigmoid_mask_starts_as_identity() -> None:
+    net = small_net().eval()
+    x = torch.randn(2, 1, 6, 6)
+    before = net(x)
+    M.attach_relaxed(net, M.MaskConfig(param="sigmoid", temperature=0.5))
+    torch.testing.assert_close(net(x), before)  # scaled so the masked net starts unmasked
+
+
+def test_first_and_last_layer_options() -> None:
+    names = [n for n, _ in M.prunable_layers(small_net(), mask_first=False, mask_last=False)]
+    assert names == ["4"]
+
+
+def test_channel_masks_have_one_entry_per_output_channel() -> None:
+    net = small_net()
+    relaxed = M.attach_relaxed(net, M.MaskConfig(granularity="channel"))
+    assert relaxed["0"].score.shape == (4, 1, 1, 1)
+    assert relaxed["4"].score.shape == (8, 1)
+    with torch.no_grad():
+        relaxed["4"].score[:4] = 0.0
+    masks = M.binarize(net)
+    assert masks["4"].shape == (8, 144)  # expanded to the weight's shape
+    assert masks["4"][:4].sum() == 0 and masks["4"][4:].min() == 1  # whole rows
+
+
+def test_binarize_threshold() -> None:
+    net = small_net()
+    relaxed = M.attach_relaxed(net, M.MaskConfig())
+    with torch.no_grad():
+        relaxed["6"].score.fill_(0.4)
+    masks = M.binarize(net, threshold=0.5)
+    assert masks["6"].sum() == 0 and masks["0"].min() == 1
+
+
+@pytest.mark.parametrize("density", [0.5, 0.1, 0.013])
+def test_binarize_exact_global_density(density: float) -> None:
+    net = small_net()
+    relaxed = M.attach_relaxed(net, M.MaskConfig())
+    with torch.no_grad():
+        for m in relaxed.values():
+            m.score.uniform_(0.01, 1.0)
+    masks = M.binarize(net, density=density)
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == int(density * total)  # exact to one weight
+    assert M.global_density(net, masks) == pytest.approx(kept / total)
+    # the kept entries are the highest-scoring ones, globally across layers
+    kept_scores = torch.cat([r.score[masks[n] > 0] for n, r in relaxed.items()])
+    dropped = torch.cat([r.score[masks[n] == 0] for n, r in relaxed.items()])
+    assert kept_scores.min() >= dropped.max()
+
+
+def test_binarize_never_keeps_projected_zeros() -> None:
+    net = small_net()
+    relaxed = M.attach_relaxed(net, M.MaskConfig())
+    with torch.no_grad():
+        for m in relaxed.values():
+            m.score.zero_()
+        relaxed["6"].score[0, :5] = 1.0
+    masks = M.binarize(net, density=0.5)
+    assert sum(int(m.sum()) for m in masks.values()) == 5
+
+
+def test_density_impossible_when_unmasked_layers_too_big() -> None:
+    net = small_net()
+    M.attach_relaxed(net, M.MaskConfig(mask_last=False, mask_first=False))
+    with pytest.raises(InputError, match="impossible"):
+        M.binarize(net, density=0.01)
+
+
+def test_fixed_mask_zeroes_weights_and_their_gradients() -> None:
+    net = small_net()
+    mask = (torch.rand(8, 144) > 0.5).float()
+    M.attach_fixed(net, {"4": mask})
+    net(torch.randn(3, 1, 6, 6)).sum().backward()
+    original = net[4].parametrizations.weight.original
+    assert torch.all(original.grad[mask == 0] == 0)
+    M.detach_masks(net, bake=True)
+    assert torch.all(net[4].weight[mask == 0] == 0)
+    assert not torch.nn.utils.parametrize.is_parametrized(net[4])
+
+
+def test_layer_densities_count_unmasked_layers_as_dense() -> None:
+    net = small_net()
+    mask = torch.zeros(3, 8)
+    mask[0, 0] = 1
+    rows = {r.name: r for r in M.layer_densities(net, {"6": mask})}
+    assert rows["6"].kept == 1 and rows["0"].density == 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"param": "hard"}, {"granularity": "block"}, {"temperature": 0.0}]
+)
+def test_bad_mask_config(kwargs: dict[str, object]) -> None:
+    with pytest.raises(InputError):
+        M.MaskConfig(**kwargs)  # type: ignore[arg-type]
