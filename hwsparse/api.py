@@ -49,7 +49,9 @@ class TicketRun:
         }
 
 
-def _setup(dataset: str, model: str, data_dir: str | Path | None) -> tuple[Dataset, T.ModelFactory]:
+def _setup(
+    dataset: str, model: str, data_dir: str | Path | None
+) -> tuple[Dataset, T.ModelFactory]:
     data = load_dataset(dataset, data_dir)
     build_model(model, data.input_shape, data.num_classes)  # fail fast on a misfit model
 
@@ -188,7 +190,13 @@ def compare(
         results = []
         for seed in seed_list:
             r = T.run_method(
-                method, factory, data, density, replace(train, seed=seed), config, baseline,
+                method,
+                factory,
+                data,
+                density,
+                replace(train, seed=seed),
+                config,
+                baseline,
                 on_epoch,
             )
             results.append(r)

@@ -66,11 +66,7 @@ def prunable_layers(
     if not layers:
         raise InputError("the model has no Conv/Linear layer to sparsify")
     first, last = layers[0][0], layers[-1][0]
-    chosen = [
-        (n, m)
-        for n, m in layers
-        if (mask_first or n != first) and (mask_last or n != last)
-    ]
+    chosen = [(n, m) for n, m in layers if (mask_first or n != first) and (mask_last or n != last)]
     if not chosen:
         raise InputError("no layer left to mask: the model has one layer and it is excluded")
     return chosen
@@ -93,7 +89,9 @@ class RelaxedMask(nn.Module):
             init = torch.ones(shape, device=weight.device)
             self.scale = 1.0
         else:
-            init = torch.full(shape, config.sigmoid_init * config.temperature, device=weight.device)
+            init = torch.full(
+                shape, config.sigmoid_init * config.temperature, device=weight.device
+            )
             self.scale = 1.0 / (1.0 / (1.0 + math.exp(-config.sigmoid_init)))
         self.score = nn.Parameter(init)
         self.temperature = config.temperature
@@ -135,7 +133,7 @@ def attach_relaxed(model: nn.Module, config: MaskConfig) -> dict[str, RelaxedMas
     for name, layer in prunable_layers(
         model, mask_first=config.mask_first, mask_last=config.mask_last
     ):
-        mask = RelaxedMask(layer.weight, config)
+        mask = RelaxedMask(raw_weight(layer), config)
         parametrize.register_parametrization(layer, "weight", mask)
         out[name] = mask
     return out
@@ -165,7 +163,7 @@ def relaxed_masks(model: nn.Module) -> dict[str, RelaxedMask]:
     """The relaxed masks attached to ``model``, by layer name."""
     out: dict[str, RelaxedMask] = {}
     for name, layer in _parametrized(model):
-        for p in layer.parametrizations.weight:  # type: ignore[union-attr,attr-defined]
+        for p in layer.parametrizations.weight:  # type: ignore[union-attr]
             if isinstance(p, RelaxedMask):
                 out[name] = p
     return out
@@ -174,10 +172,11 @@ def relaxed_masks(model: nn.Module) -> dict[str, RelaxedMask]:
 def raw_weight(layer: nn.Module) -> torch.Tensor:
     """The layer's weight without its mask applied."""
     if parametrize.is_parametrized(layer, "weight"):
-        w: torch.Tensor = layer.parametrizations.weight.original  # type: ignore[union-attr]
-        return w
-    weight: torch.Tensor = layer.weight  # type: ignore[assignment]
-    return weight
+        w = layer.parametrizations.weight.original  # type: ignore[union-attr]
+    else:
+        w = layer.weight
+    assert isinstance(w, torch.Tensor)
+    return w
 
 
 def set_temperature(masks: dict[str, RelaxedMask], temperature: float) -> None:
@@ -194,12 +193,12 @@ def project(masks: dict[str, RelaxedMask]) -> None:
 
 
 def _weight_counts(model: nn.Module) -> dict[str, int]:
-    return {n: raw_weight(m).numel() for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    return {
+        n: raw_weight(m).numel() for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)
+    }
 
 
-def binarize(
-    model: nn.Module, *, threshold: float = 0.5, density: float | None = None
-) -> Masks:
+def binarize(model: nn.Module, *, threshold: float = 0.5, density: float | None = None) -> Masks:
     """Turn the relaxed masks of ``model`` into binary, weight-shaped masks.
 
     Without ``density``: keep entries with m > ``threshold``. With ``density``: keep the entries

@@ -44,9 +44,10 @@ _LP_P = 0.5  # exponent of the `lp` penalty (0 < p < 1)
 
 
 def _lp(m: torch.Tensor, eps: float) -> torch.Tensor:
-    # ((m + eps)^p - eps^p) / (p * eps^(p - 1)): smoothed l_p quasi-norm, slope ((m+eps)/eps)^(p-1).
+    # ((m + eps)^p - eps^p) / (p * eps^(p - 1)): smoothed l_p; slope ((m + eps) / eps)^(p - 1).
     p = _LP_P
-    return ((m + eps) ** p - eps**p) / (p * eps ** (p - 1))
+    out: torch.Tensor = ((m + eps) ** p - eps**p) / (p * eps ** (p - 1))
+    return out
 
 
 _SCAD_A = 3.7  # Fan & Li (2001) recommend a = 3.7

@@ -274,7 +274,7 @@ class _Run:
                     if penalty is not None:
                         loss = loss + penalty()
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 if relaxed:
                     M.project(relaxed)
@@ -729,7 +729,6 @@ def method_names() -> list[str]:
     from hwsparse.penalties import PENALTIES
 
     return [*PENALTIES, *BASELINES]
-
 
 
 def planned_epochs(

@@ -39,8 +39,9 @@ def test_projected_mask_starts_as_identity_and_clamps() -> None:
     relaxed = M.attach_relaxed(net, M.MaskConfig())
     torch.testing.assert_close(net(x), before)  # m = 1 at the start
     with torch.no_grad():
-        relaxed["4"].score.add_(torch.linspace(-2, 2, relaxed["4"].score.numel()).view_as(
-            relaxed["4"].score))
+        relaxed["4"].score.add_(
+            torch.linspace(-2, 2, relaxed["4"].score.numel()).view_as(relaxed["4"].score)
+        )
     M.project(relaxed)
     assert relaxed["4"].score.min() == 0.0 and relaxed["4"].score.max() == 1.0
 

@@ -168,7 +168,12 @@ def ticket(
         T.resolve_device(device)
         with _progress(not as_json, search_epochs + epochs) as (_, _, on_epoch):
             run = api.ticket(
-                dataset, model, data_dir=data_dir, config=config, train=train, out=out_dir,
+                dataset,
+                model,
+                data_dir=data_dir,
+                config=config,
+                train=train,
+                out=out_dir,
                 on_epoch=on_epoch,
             )
     summary = run.summary()
@@ -261,8 +266,14 @@ def compare(
                 )
 
             rows, runs = api.compare(
-                dataset, model, density=density, methods=names, seeds=seed_list,
-                data_dir=data_dir, train=train, on_epoch=on_epoch,
+                dataset,
+                model,
+                density=density,
+                methods=names,
+                seeds=seed_list,
+                data_dir=data_dir,
+                train=train,
+                on_epoch=on_epoch,
                 on_run=None if as_json else on_run,
             )
     if as_json:
