@@ -66,12 +66,43 @@ def _mcp(m: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.where(m <= eps, m - m**2 / (2 * eps), torch.full_like(m, eps / 2))
 
 
+# Closed-form slopes R'(m): training adds lambda * R'(m) to the mask gradient directly, which
+# is cheaper than back-propagating through R (tests check them against autograd).
+
+
+def _d_l1(m: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.ones_like(m)
+
+
+def _d_log(m: torch.Tensor, eps: float) -> torch.Tensor:
+    return eps / (eps + m)
+
+
+def _d_exp(m: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.exp(-m / eps)
+
+
+def _d_lp(m: torch.Tensor, eps: float) -> torch.Tensor:
+    return ((m + eps) / eps) ** (_LP_P - 1)
+
+
+def _d_scad(m: torch.Tensor, eps: float) -> torch.Tensor:
+    a = _SCAD_A
+    return torch.where(m <= eps, torch.ones_like(m), ((a * eps - m) / ((a - 1) * eps)).clamp(0))
+
+
+def _d_mcp(m: torch.Tensor, eps: float) -> torch.Tensor:
+    return (1 - m / eps).clamp(0)
+
+
 @dataclass(frozen=True)
 class Penalty:
-    """A registered penalty: its name, R(m, eps), and whether it is concave."""
+    """A registered penalty: its name, R(m, eps), its slope R'(m, eps), and whether it is
+    concave."""
 
     name: str
     fn: PenaltyFn
+    slope: PenaltyFn
     concave: bool
     description: str
 
@@ -82,12 +113,12 @@ class Penalty:
 PENALTIES: dict[str, Penalty] = {
     p.name: p
     for p in (
-        Penalty("l1", _l1, False, "m (convex baseline: the same pull on every entry)"),
-        Penalty("log", _log, True, "eps*log(1+m/eps) (the paper's main concave choice)"),
-        Penalty("exp", _exp, True, "eps*(1-exp(-m/eps))"),
-        Penalty("lp", _lp, True, f"smoothed l_p, p={_LP_P}"),
-        Penalty("scad", _scad, True, f"SCAD, knot eps, a={_SCAD_A}"),
-        Penalty("mcp", _mcp, True, "minimax concave penalty, knot eps"),
+        Penalty("l1", _l1, _d_l1, False, "m (convex baseline: the same pull on every entry)"),
+        Penalty("log", _log, _d_log, True, "eps*log(1+m/eps) (the paper's main concave one)"),
+        Penalty("exp", _exp, _d_exp, True, "eps*(1-exp(-m/eps))"),
+        Penalty("lp", _lp, _d_lp, True, f"smoothed l_p, p={_LP_P}"),
+        Penalty("scad", _scad, _d_scad, True, f"SCAD, knot eps, a={_SCAD_A}"),
+        Penalty("mcp", _mcp, _d_mcp, True, "minimax concave penalty, knot eps"),
     )
 }
 

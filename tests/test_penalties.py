@@ -32,6 +32,8 @@ def test_gradient_matches_finite_differences(name: str) -> None:
     numeric = (p(m.detach() + h, EPS) - p(m.detach() - h, EPS)) / (2 * h)
     assert m.grad is not None
     torch.testing.assert_close(m.grad, numeric, rtol=1e-4, atol=1e-6)
+    # the closed-form slope used in training agrees with autograd
+    torch.testing.assert_close(p.slope(m.detach(), EPS), m.grad, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(PENALTIES))

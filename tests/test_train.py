@@ -38,7 +38,7 @@ def test_ticket_learns_and_hits_exact_density(digits: Dataset) -> None:
     assert [i.phase for i in seen] == ["search"] * 4 + ["ticket"] * 4
     # the returned model is plain with the pruned weights zeroed
     assert r.model is not None
-    for mask in r.masks.values():
+    for name, mask in r.masks.items():
         w = dict(r.model.named_modules())[name].weight
         assert torch.all(w[mask == 0] == 0)
         assert not torch.nn.utils.parametrize.is_parametrized(dict(r.model.named_modules())[name])

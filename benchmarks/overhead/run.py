@@ -1,0 +1,83 @@
+"""Time per training epoch of masked (relaxed-mask + penalty) vs plain training, same model.
+
+Both variants run interleaved in one process, one thread, after a warm-up; the figure is the
+median over repeats of (masked epoch time / plain epoch time).
+
+    python benchmarks/overhead/run.py > benchmarks/overhead/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from hwsparse import masks as M
+from hwsparse import train as T
+from hwsparse.data import load_dataset
+from hwsparse.models import build_model
+
+CASES = [
+    ("digits", "mlp"),
+    ("digits", "lenet5"),
+    ("mnist1d", "conv1d"),
+    ("mnist10k", "mlp"),
+    ("mnist10k", "lenet5"),
+]
+
+
+def epoch_seconds(dataset: str, model_name: str, masked: bool, param: str, epochs: int) -> float:
+    data = load_dataset(dataset)
+    torch.manual_seed(0)
+    model = build_model(model_name, data.input_shape, data.num_classes)
+    cfg = T.TrainConfig(epochs=epochs, device="cpu")
+    run = T._Run(data, cfg, None)
+    if not masked:
+        run.train(model, epochs, "plain")
+    else:
+        ticket = T.TicketConfig(mask=M.MaskConfig(param=param))
+        relaxed = M.attach_relaxed(model, ticket.mask)
+        run.train(
+            model,
+            epochs,
+            "search",
+            relaxed=relaxed,
+            penalty=T._PenaltyTerm(relaxed, ticket, None),
+            mask_lr=ticket.mask_lr,
+            temperature=T._temperature_schedule(ticket.mask),
+        )
+    return statistics.median(h.seconds for h in run.history)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    print(
+        "| dataset / model | plain s/epoch | projected s/epoch | ratio | sigmoid s/epoch | ratio |"
+    )
+    print("|---|---|---|---|---|---|")
+    for dataset, model in CASES:
+        plain, proj, sig = [], [], []
+        epoch_seconds(dataset, model, False, "projected", 1)  # warm-up
+        for _ in range(args.repeats):
+            plain.append(epoch_seconds(dataset, model, False, "projected", args.epochs))
+            proj.append(epoch_seconds(dataset, model, True, "projected", args.epochs))
+            sig.append(epoch_seconds(dataset, model, True, "sigmoid", args.epochs))
+        rp = statistics.median(a / b for a, b in zip(proj, plain, strict=True))
+        rs = statistics.median(a / b for a, b in zip(sig, plain, strict=True))
+        print(
+            f"| {dataset} / {model} | {statistics.median(plain):.4f} | "
+            f"{statistics.median(proj):.4f} | {rp:.2f}x | {statistics.median(sig):.4f} | "
+            f"{rs:.2f}x |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    started = time.time()
+    main()
