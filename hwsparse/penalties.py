@@ -8,6 +8,10 @@ weights are not shrunk and the mask ends close to binary.
 
 ``eps`` sets the scale of the concavity (smaller = more concave, closer to an l0 count);
 for ``scad`` and ``mcp`` it is the knot where the slope starts to fall. ``l1`` ignores it.
+The same eps means very different shapes across penalties (``exp`` with eps 0.05 has slope
+e^-20 at m = 1, so a mask starting at 1 never feels it), so each penalty has its own default
+eps, chosen so that its pull at m = 1 is 1/21 of its pull at 0, as for ``log`` with eps 0.05
+(our *choice*; ``--eps`` overrides it).
 The training loss adds ``lambda * sum(R(m))`` over all mask entries, as in the paper: the pull
 on one entry is then lambda * R'(m) whatever the model's size, to be weighed against that
 entry's loss gradient. A channel entry stands for a whole channel and is weighted by the number
@@ -16,6 +20,7 @@ of weights it covers, so one strength scale also serves both granularities.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,6 +71,9 @@ def _mcp(m: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.where(m <= eps, m - m**2 / (2 * eps), torch.full_like(m, eps / 2))
 
 
+_R = 1 / 21  # default concavity: R'(1) / R'(0), the ratio of log with eps = 0.05
+
+
 # Closed-form slopes R'(m): training adds lambda * R'(m) to the mask gradient directly, which
 # is cheaper than back-propagating through R (tests check them against autograd).
 
@@ -105,6 +113,7 @@ class Penalty:
     slope: PenaltyFn
     concave: bool
     description: str
+    default_eps: float  # R'(1) / R'(0) = 1/21 with this eps (see the module docstring)
 
     def __call__(self, m: torch.Tensor, eps: float) -> torch.Tensor:
         return self.fn(m, eps)
@@ -113,12 +122,26 @@ class Penalty:
 PENALTIES: dict[str, Penalty] = {
     p.name: p
     for p in (
-        Penalty("l1", _l1, _d_l1, False, "m (convex baseline: the same pull on every entry)"),
-        Penalty("log", _log, _d_log, True, "eps*log(1+m/eps) (the paper's main concave one)"),
-        Penalty("exp", _exp, _d_exp, True, "eps*(1-exp(-m/eps))"),
-        Penalty("lp", _lp, _d_lp, True, f"smoothed l_p, p={_LP_P}"),
-        Penalty("scad", _scad, _d_scad, True, f"SCAD, knot eps, a={_SCAD_A}"),
-        Penalty("mcp", _mcp, _d_mcp, True, "minimax concave penalty, knot eps"),
+        Penalty("l1", _l1, _d_l1, False, "m (convex: the same pull on every entry)", 1.0),
+        # log: eps / (eps + 1) = r  ->  eps = r / (1 - r)
+        Penalty("log", _log, _d_log, True, "eps*log(1+m/eps) (the paper's)", _R / (1 - _R)),
+        # exp: exp(-1 / eps) = r  ->  eps = -1 / ln r
+        Penalty("exp", _exp, _d_exp, True, "eps*(1-exp(-m/eps))", -1 / math.log(_R)),
+        # lp: ((1 + eps) / eps)^(p - 1) = r  ->  eps = 1 / (r^(1 / (p - 1)) - 1)
+        Penalty(
+            "lp", _lp, _d_lp, True, f"smoothed l_p, p={_LP_P}", 1 / (_R ** (1 / (_LP_P - 1)) - 1)
+        ),
+        # scad: (a eps - 1) / ((a - 1) eps) = r  ->  eps = 1 / (a - r (a - 1))
+        Penalty(
+            "scad",
+            _scad,
+            _d_scad,
+            True,
+            f"SCAD, knot eps, a={_SCAD_A}",
+            1 / (_SCAD_A - _R * (_SCAD_A - 1)),
+        ),
+        # mcp: 1 - 1 / eps = r  ->  eps = 1 / (1 - r)
+        Penalty("mcp", _mcp, _d_mcp, True, "minimax concave penalty, knot eps", 1 / (1 - _R)),
     )
 }
 
@@ -128,7 +151,10 @@ def get_penalty(name: str) -> Penalty:
     return lookup(PENALTIES, name, "penalty")
 
 
-def check_eps(eps: float) -> float:
+def resolve_eps(penalty: str, eps: float | None) -> float:
+    """``eps`` if given (it must be > 0), else the penalty's default."""
+    if eps is None:
+        return get_penalty(penalty).default_eps
     if not eps > 0:
         raise InputError(f"--eps must be > 0 (got {eps})")
     return eps

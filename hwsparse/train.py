@@ -42,7 +42,7 @@ from torch import nn
 from hwsparse import masks as M
 from hwsparse.data import Dataset
 from hwsparse.errors import InputError
-from hwsparse.penalties import check_eps, get_penalty
+from hwsparse.penalties import get_penalty, resolve_eps
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -84,7 +84,7 @@ class TicketConfig:
     penalty: str = "log"  # see hwsparse.penalties.PENALTIES
     strength: float = 1e-3  # lambda in loss + lambda * sum R(m) (the start value when auto)
     auto_strength: bool = False  # adapt lambda to reach `density` (needs density)
-    eps: float = 0.05  # concavity scale of the penalty (ignored by l1)
+    eps: float | None = None  # concavity scale (None: the penalty's default; l1 ignores it)
     mask_lr: float = 0.01  # Adam learning rate of the masks (no weight decay on masks)
     search_epochs: int = 30  # epochs of the joint weights+masks phase
     threshold: float = 0.5  # binarisation threshold when no density is asked for
@@ -93,7 +93,7 @@ class TicketConfig:
 
     def __post_init__(self) -> None:
         get_penalty(self.penalty)
-        check_eps(self.eps)
+        resolve_eps(self.penalty, self.eps)
         if not self.strength >= 0:
             raise InputError(f"--strength must be >= 0 (got {self.strength})")
         if not self.mask_lr > 0:
@@ -406,7 +406,7 @@ class _PenaltyTerm:
     ) -> None:
         self.relaxed = relaxed
         self.fn = get_penalty(ticket.penalty)
-        self.eps = ticket.eps
+        self.eps = resolve_eps(ticket.penalty, ticket.eps)
         self.lam = ticket.strength
         self.threshold = ticket.threshold
         self.target = None if target is None else target * self._HEADROOM

@@ -68,3 +68,21 @@ def test_log_matches_formula() -> None:
 def test_unknown_penalty_lists_valid_names() -> None:
     with pytest.raises(InputError, match="valid: .*l1.*log"):
         get_penalty("l0")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in PENALTIES.items() if p.concave))
+def test_default_eps_matches_the_pull_at_one(name: str) -> None:
+    # every concave penalty's default eps gives the same ratio of pulls at m = 1 and m = 0
+    p = get_penalty(name)
+    m = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    slope = p.slope(m, p.default_eps)
+    assert (slope[1] / slope[0]).item() == pytest.approx(1 / 21, rel=1e-6)
+
+
+def test_resolve_eps() -> None:
+    from hwsparse.penalties import resolve_eps
+
+    assert resolve_eps("log", None) == pytest.approx(0.05)
+    assert resolve_eps("exp", 0.2) == 0.2
+    with pytest.raises(InputError, match="eps"):
+        resolve_eps("log", 0.0)

@@ -112,7 +112,10 @@ def ticket(
         str,
         typer.Option(help="lambda of the penalty, or 'auto' to adapt it until --density."),
     ] = "1e-3",
-    eps: Annotated[float, typer.Option(help="Concavity scale of the penalty.")] = 0.05,
+    eps: Annotated[
+        float | None,
+        typer.Option(help="Concavity scale of the penalty (default: per penalty, log 0.05)."),
+    ] = None,
     param: Annotated[str, typer.Option(help="Mask parameterisation: projected, sigmoid.")] = (
         "projected"
     ),
