@@ -189,7 +189,7 @@ def project(masks: dict[str, RelaxedMask]) -> None:
         m.project()
 
 
-# --- binarisation -------------------------------------------------------------------------------
+# --- binarisation --------------------------------------------------------------------------------
 
 
 def _weight_counts(model: nn.Module) -> dict[str, int]:
@@ -295,7 +295,7 @@ def check_density(density: float) -> float:
     return density
 
 
-# --- reporting ----------------------------------------------------------------------------------
+# --- reporting -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,11 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-# --- configuration ------------------------------------------------------------------------------
+class SkipTicket(Exception):
+    """Raised by a ``select`` hook: do not train this ticket (e.g. it cannot fit a budget)."""
+
+
+# --- configuration -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class BaselineConfig:
     cs_mask_lr: float = 0.02
 
 
-# --- results ------------------------------------------------------------------------------------
+# --- results -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ class RunResult:
     """Outcome of one method run: the ticket, its accuracy and what it cost to find."""
 
     method: str
-    status: str  # "ok" or "diverged"
+    status: str  # "ok", "diverged", or "skipped" (ticket not trained, see run_ticket)
     val_accuracy: float
     test_accuracy: float
     density: float  # kept / all Conv/Linear weights
@@ -174,7 +178,7 @@ class RunResult:
 OnEpoch = Callable[[EpochInfo], None]
 
 
-# --- the training loop --------------------------------------------------------------------------
+# --- the training loop ---------------------------------------------------------------------------
 
 
 def resolve_device(name: str) -> torch.device:
@@ -384,7 +388,7 @@ def _guard(method: str, run: _Run, body: Callable[[], RunResult]) -> RunResult:
         return run.diverged(method, exc)
 
 
-# --- the method ---------------------------------------------------------------------------------
+# --- the method ----------------------------------------------------------------------------------
 
 
 class _PenaltyTerm:
@@ -458,8 +462,15 @@ def run_ticket(
     ticket: TicketConfig,
     config: TrainConfig,
     on_epoch: OnEpoch | None = None,
+    select: Callable[[nn.Module, M.Masks], M.Masks] | None = None,
 ) -> RunResult:
-    """The paper's method: relaxed masks + concave penalty -> binarise -> rewind -> retrain."""
+    """The paper's method: relaxed masks + concave penalty -> binarise -> rewind -> retrain.
+
+    ``select(model, masks)`` may replace the binary masks before the ticket is trained (the
+    search cuts a candidate to fit a device budget there; ``model`` still carries its relaxed
+    masks). Raising :class:`SkipTicket` in it ends the run without training the ticket
+    (status ``skipped``; the binarised search-phase network is evaluated instead).
+    """
     run = _Run(data, config, on_epoch)
     method = ticket.penalty
 
@@ -481,6 +492,16 @@ def run_ticket(
         )
         assert snapshot is not None
         masks = M.binarize(model, threshold=ticket.threshold, density=ticket.density)
+        if select is not None:
+            try:
+                masks = select(model, masks)
+            except SkipTicket as exc:
+                # Evaluate the binarised search-phase network as it is, without retraining.
+                M.detach_masks(model, bake=False)
+                M.attach_fixed(model, masks)
+                result = run.result(method, model, masks, str(exc))
+                result.status = "skipped"
+                return result
         message = _density_note(model, masks, ticket.density)
         _rewind(model, snapshot, masks)
         kept = M.global_density(model, masks)
@@ -502,7 +523,7 @@ def _density_note(model: nn.Module, masks: M.Masks, target: float | None) -> str
     return ""
 
 
-# --- baselines ----------------------------------------------------------------------------------
+# --- baselines -----------------------------------------------------------------------------------
 
 
 def run_dense(
@@ -711,7 +732,7 @@ def run_cs(
     return _guard("cs", run, body)
 
 
-# --- dispatch used by `compare` -----------------------------------------------------------------
+# --- dispatch used by `compare` ------------------------------------------------------------------
 
 BASELINES = ("dense", "imp", "cs", "magnitude", "random")
 

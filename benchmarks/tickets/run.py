@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> None:
         for line in out.read_text().splitlines():
             r = json.loads(line)
             done.add((r["method"], r["target_density"], r["seed"]))
-    train = T.TrainConfig(epochs=args.epochs, rewind_steps=args.rewind_steps, device="cpu")
+    train = T.TrainConfig(
+        epochs=args.epochs, lr=args.lr, rewind_steps=args.rewind_steps, device="cpu"
+    )
     densities = [float(d) for d in args.densities.split(",")]
     for density in densities:
         for method in args.methods.split(","):
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> None:
                     "dataset": args.dataset,
                     "model": args.model,
                     "schedule_epochs": args.epochs,
+                    "lr": args.lr,
                     "wall_s": round(time.perf_counter() - t0, 2),
                 }
                 with out.open("a") as f:
@@ -105,6 +108,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--rewind-steps", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
     p.add_argument("--out", default="benchmarks/tickets/results.jsonl")
     p.add_argument("--report", metavar="JSONL")

@@ -15,7 +15,7 @@ app = typer.Typer(
 )
 
 # Imported for their side effect of registering commands on `app`.
-from hwsparse.cli import _cost, _engine  # noqa: E402,F401
+from hwsparse.cli import _cost, _engine, _search  # noqa: E402,F401
 
 
 def main() -> None:

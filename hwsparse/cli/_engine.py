@@ -28,7 +28,7 @@ from hwsparse.masks import MaskConfig, check_density
 
 FLOPS_NOTE = "FLOPs: fvcore count, 1 multiply-add = 1 flop, batch 1, masked weights removed"
 
-# --- shared options -----------------------------------------------------------------------------
+# --- shared options ------------------------------------------------------------------------------
 
 Dataset = Annotated[
     str,
@@ -50,6 +50,7 @@ Epochs = Annotated[int, typer.Option(help="Epochs of one training schedule (the 
 Seed = Annotated[int, typer.Option(help="Seed of initialisation, batches and masks.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
+Lr = Annotated[float, typer.Option(help="Adam learning rate of the weights (mnist1d: 0.01).")]
 RewindSteps = Annotated[
     int, typer.Option(help="Optimiser step the ticket's weights rewind to (0 = initial weights).")
 ]
@@ -97,7 +98,7 @@ def _pct(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{100 * x:.2f} %"
 
 
-# --- ticket -------------------------------------------------------------------------------------
+# --- ticket --------------------------------------------------------------------------------------
 
 
 @app.command()
@@ -135,6 +136,7 @@ def ticket(
     mask_first: Annotated[bool, typer.Option(help="Mask the first (input) layer.")] = True,
     mask_last: Annotated[bool, typer.Option(help="Mask the last (output) layer.")] = True,
     epochs: Epochs = 20,
+    lr: Lr = 1e-3,
     rewind_steps: RewindSteps = 0,
     seed: Seed = 0,
     device: Device = "auto",
@@ -167,7 +169,9 @@ def ticket(
             density=density,
             mask=mask,
         )
-        train = T.TrainConfig(epochs=epochs, rewind_steps=rewind_steps, seed=seed, device=device)
+        train = T.TrainConfig(
+            epochs=epochs, lr=lr, rewind_steps=rewind_steps, seed=seed, device=device
+        )
         T.resolve_device(device)
         with _progress(not as_json, search_epochs + epochs) as (_, _, on_epoch):
             run = api.ticket(
@@ -221,7 +225,7 @@ def _print_ticket(run: api.TicketRun) -> None:
         out.print(f"ticket saved to {run.out}")
 
 
-# --- compare ------------------------------------------------------------------------------------
+# --- compare -------------------------------------------------------------------------------------
 
 
 @app.command()
@@ -243,6 +247,7 @@ def compare(
         "3"
     ),
     epochs: Epochs = 20,
+    lr: Lr = 1e-3,
     rewind_steps: RewindSteps = 0,
     device: Device = "auto",
     as_json: AsJson = False,
@@ -255,7 +260,7 @@ def compare(
     with user_errors():
         names = api.parse_methods(methods)
         seed_list = api.parse_seeds(seeds)
-        train = T.TrainConfig(epochs=epochs, rewind_steps=rewind_steps, device=device)
+        train = T.TrainConfig(epochs=epochs, lr=lr, rewind_steps=rewind_steps, device=device)
         T.resolve_device(device)
         check_density(density)
         total = sum(T.planned_epochs(m, density, train) for m in names) * len(seed_list)

@@ -1,0 +1,331 @@
+"""CLI commands of the search: search, studies, show, plot, export."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import optuna
+import typer
+from optuna.trial import FrozenTrial, TrialState
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hwsparse import report, search
+from hwsparse.cli import app
+from hwsparse.cli._common import err, out, print_json, user_errors
+from hwsparse.cost.estimate import Budget
+from hwsparse.errors import InputError
+from hwsparse.space import load_space
+
+# The main job with no options: digits, LeNet-300-100, a Cortex-M4 microcontroller.
+DEFAULT_TARGET = "nrf52840"
+DEFAULT_BUDGET = Budget(latency_ms=20.0, weight_kb=16.0)
+
+Study = Annotated[str, typer.Option(help="Study name; the same name resumes it.")]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Journal file path (default runs/hwsparse.journal), sqlite:///FILE, or "
+        "postgresql+psycopg://... for several machines."
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
+
+
+def _budget(
+    target: str | None,
+    latency_ms: float | None,
+    flash_kb: float | None,
+    ram_kb: float | None,
+    max_mflops: float | None,
+) -> tuple[str, Budget]:
+    given = (latency_ms, flash_kb, ram_kb, max_mflops)
+    for name, value in zip(("latency-ms", "flash-kb", "ram-kb", "max-mflops"), given, strict=True):
+        if value is not None and not value > 0:
+            raise InputError(f"--{name} must be > 0 (got {value})")
+    if target is None and all(v is None for v in given):
+        return DEFAULT_TARGET, DEFAULT_BUDGET
+    return target or DEFAULT_TARGET, Budget(
+        latency_ms=latency_ms, weight_kb=flash_kb, ram_kb=ram_kb, mflops=max_mflops
+    )
+
+
+@app.command("search")
+def search_cmd(
+    study: Study = "default",
+    storage: StorageOpt = None,
+    dataset: Annotated[str, typer.Option(help="As for `hwsparse ticket`.")] = "digits",
+    data_dir: Annotated[Path | None, typer.Option(help="Folder of file datasets.")] = None,
+    model: Annotated[str, typer.Option(help="As for `hwsparse ticket`.")] = "mlp",
+    space: Annotated[
+        str, typer.Option(help="Search space: default, wide, or a path to a YAML file.")
+    ] = "default",
+    target: Annotated[
+        str | None,
+        typer.Option(help=f"Device profile id or YAML path (default {DEFAULT_TARGET})."),
+    ] = None,
+    latency_ms: Annotated[
+        float | None, typer.Option(help="Budget: estimated latency on the target, ms.")
+    ] = None,
+    flash_kb: Annotated[
+        float | None, typer.Option(help="Budget: weight storage, KiB (1024 bytes).")
+    ] = None,
+    ram_kb: Annotated[
+        float | None, typer.Option(help="Budget: RAM (activations + runtime), KiB.")
+    ] = None,
+    max_mflops: Annotated[
+        float | None, typer.Option(help="Budget: MFLOPs (1 multiply-add = 1 flop).")
+    ] = None,
+    objective: Annotated[
+        str, typer.Option(help="budget (best accuracy that fits) or pareto.")
+    ] = "budget",
+    trials: Annotated[int, typer.Option(help="Trials to run in this call.")] = 30,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Fix search phase and ticket schedule to N epochs each.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler and of the trials.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
+    as_json: AsJson = False,
+) -> None:
+    """Run or resume a study: the most accurate ticket that fits the device budget.
+
+    With no options: digits, LeNet-300-100 (mlp), an nRF52840 microcontroller, at most 20 ms
+    and 16 KiB of weights. Run the same command again to resume.
+    """
+    with user_errors():
+        tgt, budget = _budget(target, latency_ms, flash_kb, ram_kb, max_mflops)
+        sp = search.apply_epochs(load_space(space), epochs)
+        config = search.SearchConfig(
+            dataset=dataset,
+            model=model,
+            target=tgt,
+            budget=budget,
+            objective=objective,
+            space=sp.as_dict(),
+            seed=seed,
+        )
+        store = search.open_storage(storage, create=True)
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("trials"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=as_json,
+        )
+        with progress:
+            task = progress.add_task(f"study {study}", total=trials)
+
+            def on_trial(s: optuna.Study, t: FrozenTrial) -> None:
+                a = t.user_attrs
+                acc = a.get("val_accuracy")
+                fits = "fits" if a.get("fits_budget") else "over budget"
+                what = t.state.name.lower() if acc is None else f"val {acc:.3f} {fits}"
+                progress.update(task, advance=1, description=f"trial {t.number}: {what}")
+
+            outcome = search.run_search(
+                study,
+                store,
+                config,
+                sp,
+                trials=trials,
+                timeout=timeout,
+                device=device,
+                data_dir=data_dir,
+                on_trial=on_trial,
+            )
+    info = report.summary(outcome.study)
+    states = info["states"]
+    if as_json:
+        picked = info["picked"]
+        print_json(
+            {
+                "study": study,
+                "storage": store.url,
+                "n_complete": states.get("COMPLETE", 0),
+                "n_pruned": states.get("PRUNED", 0),
+                "n_feasible": info["n_feasible"],
+                "retried": outcome.retried,
+                "picked": _json_pick(picked),
+                "closest": info["closest"],
+                "config": info["config"],
+            }
+        )
+        return
+    if outcome.retried:
+        err.print(f"re-ran interrupted trial(s) {outcome.retried}")
+    out.print(report.pick_table(info))
+    out.print(
+        f"{states.get('COMPLETE', 0)} complete, {states.get('PRUNED', 0)} pruned, "
+        f"{info['n_feasible']} fit the budget. Latency is the target profile's estimate."
+    )
+    flag = "" if store.url == str(search.DEFAULT_STORAGE) else f" --storage {store.url}"
+    out.print(
+        f"inspect: hwsparse show {study}{flag}\n"
+        f"picture: hwsparse plot {study}{flag} --out runs/{study}.png\n"
+        f"export:  hwsparse export {study}{flag} --out runs/{study}-ticket\n"
+        "resume:  run the same search command again"
+    )
+
+
+def _json_pick(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    keys = ("trial", "params", "val_accuracy", "test_accuracy", "density", "flops",
+            "latency_ms", "latency_ms_low", "latency_ms_high", "weight_bytes",
+            "peak_activation_bytes", "fits_budget")  # fmt: skip
+    return {k: row.get(k) for k in keys}
+
+
+@app.command()
+def studies(storage: StorageOpt = None, as_json: AsJson = False) -> None:
+    """List the studies in a storage."""
+    with user_errors():
+        store = search.open_storage(storage)
+        rows = []
+        for s in optuna.study.get_all_study_summaries(storage=store.backend):
+            study = search.load_study(s.study_name, store)
+            info = report.summary(study)
+            cfg = info["config"] or {}
+            picked = info["picked"]
+            rows.append(
+                {
+                    "study": s.study_name,
+                    "n_trials": info["n_trials"],
+                    "n_feasible": info["n_feasible"],
+                    "dataset": cfg.get("dataset"),
+                    "model": cfg.get("model"),
+                    "target": cfg.get("target"),
+                    "objective": cfg.get("objective"),
+                    "best_val_accuracy": picked["val_accuracy"] if picked else None,
+                }
+            )
+    if as_json:
+        print_json({"storage": store.url, "studies": rows})
+        return
+    t = Table(title=f"Studies in {store.url}", title_justify="left")
+    for col in ("study", "trials", "fit", "dataset", "model", "target", "objective", "pick val %"):
+        t.add_column(col)
+    for r in rows:
+        best = r["best_val_accuracy"]
+        t.add_row(r["study"], str(r["n_trials"]), str(r["n_feasible"]), str(r["dataset"]),
+                  str(r["model"]), str(r["target"]), str(r["objective"]),
+                  "—" if best is None else f"{100 * best:.2f}")  # fmt: skip
+    out.print(t)
+
+
+@app.command()
+def show(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    as_json: AsJson = False,
+) -> None:
+    """One study: trials, Pareto front, the pick and its budget status."""
+    with user_errors():
+        store = search.open_storage(storage)
+        s = search.load_study(study, store)
+        info = report.summary(s)
+    if as_json:
+        trials = [report.trial_row(t) for t in s.get_trials(deepcopy=False)]
+        print_json({**info, "trials": trials})
+        return
+    cfg = info["config"] or {}
+    out.print(
+        f"study {study}: {cfg.get('dataset')} / {cfg.get('model')} on {cfg.get('target')}, "
+        f"objective {cfg.get('objective')}, budget {cfg.get('budget')}"
+    )
+    out.print(report.trials_table(s))
+    out.print(
+        f"Pareto front (feasible; val accuracy, latency, FLOPs): trials {info['pareto_front']}"
+    )
+    out.print(report.pick_table(info))
+
+
+@app.command()
+def plot(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    out_file: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path(
+        "runs/study.png"
+    ),
+    storage: StorageOpt = None,
+) -> None:
+    """Accuracy vs latency (feasible vs not, budget line, pick) and parameter importance."""
+    with user_errors():
+        if out_file.suffix.lower() != ".png":
+            raise InputError(f"--out must be a .png file (got {out_file})")
+        store = search.open_storage(storage)
+        s = search.load_study(study, store)
+        if not s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            raise InputError(f"study {study!r} has no completed trial to plot yet")
+        path = report.plot_study(s, out_file)
+    out.print(f"wrote {path}")
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the export to.")],
+    trial: Annotated[
+        int | None, typer.Option(help="Trial number (default: the picked ticket).")
+    ] = None,
+    storage: StorageOpt = None,
+    as_json: AsJson = False,
+) -> None:
+    """A trial's ticket: weights + mask, an ONNX file checked in onnxruntime, and card.json."""
+    from hwsparse._json import dumps
+    from hwsparse.export import export_onnx
+    from hwsparse.tickets import load_ticket
+
+    with user_errors():
+        store = search.open_storage(storage)
+        s = search.load_study(study, store)
+        chosen = _trial(s, trial)
+        ticket_dir = out_dir / "ticket"
+        if ticket_dir.exists():
+            shutil.rmtree(ticket_dir)
+        search.fetch_ticket(s, chosen, store, ticket_dir)
+        ticket = load_ticket(ticket_dir)
+        check = export_onnx(ticket.model, ticket.input_shape, out_dir / "model.onnx")
+        onnx = {
+            "file": "model.onnx",
+            "opset": check.opset,
+            "max_abs_diff_vs_torch": check.max_abs_diff,
+            "matches_torch": check.ok,
+        }
+        card = report.card(s, chosen, onnx)
+        (out_dir / "card.json").write_text(dumps(card))
+    if as_json:
+        print_json({"out": str(out_dir), **card})
+        return
+    out.print(f"exported trial {chosen.number} of {study} to {out_dir}/")
+    out.print("  ticket/       weights + binary mask + config (hwsparse.tickets.load_ticket)")
+    out.print(
+        f"  model.onnx    max |onnxruntime - torch| = {check.max_abs_diff:.2e} "
+        f"({'matches' if check.ok else 'DOES NOT match'})"
+    )
+    out.print("  card.json     metrics, budget, target, units")
+    if not check.ok:
+        raise typer.Exit(code=1)
+
+
+def _trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    if number is None:
+        chosen = search.pick(study)
+        if chosen is None:
+            raise InputError(
+                f"no trial of {study.study_name!r} fits its budget; pass --trial N to export one"
+            )
+        return chosen
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise InputError(
+            f"study {study.study_name!r} has no trial {number} (0..{len(trials) - 1})"
+        )
+    t = trials[number]
+    if t.state != TrialState.COMPLETE:
+        raise InputError(f"trial {number} is {t.state.name.lower()}: only completed trials export")
+    return t

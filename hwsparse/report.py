@@ -1,0 +1,271 @@
+"""Reading studies back: trial rows, the Pareto front, the pick, pictures, export cards.
+
+Plain data in, plain data or rich tables out; the CLI decides where they are printed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.table import Table
+
+from hwsparse.search import CONFIG_ATTR, PICK_ATTR, closest, feasible, pick
+
+# --- rows ----------------------------------------------------------------------------------------
+
+
+def trial_row(t: FrozenTrial) -> dict[str, Any]:
+    """One trial as JSON-ready data (metrics are validation figures; units in the names)."""
+    a = t.user_attrs
+    return {
+        "trial": t.number,
+        "state": t.state.name,
+        "params": t.params,
+        "val_accuracy": a.get("val_accuracy"),
+        "density": a.get("density"),
+        "flops": a.get("flops"),
+        "latency_ms": a.get("latency_ms"),
+        "latency_ms_low": a.get("latency_ms_low"),
+        "latency_ms_high": a.get("latency_ms_high"),
+        "weight_bytes": a.get("weight_bytes"),
+        "peak_activation_bytes": a.get("peak_activation_bytes"),
+        "fits_budget": a.get("fits_budget"),
+        "violations": a.get("violations"),
+        "cut_from_density": a.get("cut_from_density"),
+        "train_seconds": a.get("train_seconds"),
+        "cost_seconds": a.get("cost_seconds"),
+        "device": a.get("device"),
+        "status": a.get("status"),
+        "retry_of": a.get("retry_of"),
+    }
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """Feasible, non-dominated completed trials on (val accuracy up, latency down, FLOPs down)."""
+    done = [t for t in study.get_trials(deepcopy=False) if feasible(t)]
+
+    def vec(t: FrozenTrial) -> tuple[float, float, float]:
+        lat = t.user_attrs.get("latency_ms")
+        return (
+            -float(t.user_attrs["val_accuracy"]),
+            float(lat) if lat is not None else 0.0,
+            float(t.user_attrs.get("flops", 0)),
+        )
+
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+    vecs = {t.number: vec(t) for t in done}
+    front = [t for t in done if not any(dominates(vecs[o.number], vecs[t.number]) for o in done)]
+    return sorted(front, key=lambda t: vecs[t.number])
+
+
+def summary(study: optuna.Study) -> dict[str, Any]:
+    """What `hwsparse show --json` prints: config, counts, pick (with its test accuracy)."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    chosen = pick(study)
+    stored = study.user_attrs.get(PICK_ATTR) or {}
+    near = None if chosen else closest(study)
+    return {
+        "study": study.study_name,
+        "config": study.user_attrs.get(CONFIG_ATTR),
+        "n_trials": len(trials),
+        "states": {k: v for k, v in counts.items() if v},
+        "n_feasible": sum(feasible(t) for t in trials),
+        "picked": pick_row(chosen, stored),
+        "closest": trial_row(near) if near else None,
+        "pareto_front": [t.number for t in pareto_front(study)],
+    }
+
+
+def pick_row(chosen: FrozenTrial | None, stored: dict[str, Any]) -> dict[str, Any] | None:
+    if chosen is None:
+        return None
+    row = trial_row(chosen)
+    test = stored.get("test_accuracy") if stored.get("trial") == chosen.number else None
+    row["test_accuracy"] = test
+    return row
+
+
+# --- rich tables ---------------------------------------------------------------------------------
+
+
+def _pct(x: Any) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def _ms(row: dict[str, Any]) -> str:
+    lat = row.get("latency_ms")
+    if lat is None:
+        return "unknown"
+    lo, hi = row.get("latency_ms_low"), row.get("latency_ms_high")
+    band = f" [{lo:.3g}–{hi:.3g}]" if lo is not None and hi is not None else ""
+    return f"{lat:.3g}{band}"
+
+
+def _fits(row: dict[str, Any]) -> str:
+    fits = row.get("fits_budget")
+    if fits is None:
+        return "—"
+    if fits:
+        return "[green]yes[/green]"
+    worst = max((row.get("violations") or {"?": 0.0}).items(), key=lambda kv: kv[1])
+    return f"[red]no[/red] ({worst[0]} +{100 * worst[1]:.0f} %)"
+
+
+def trials_table(study: optuna.Study, limit: int | None = None) -> Table:
+    t = Table(title=f"Trials of {study.study_name}", title_justify="left")
+    for col in ("#", "state", "penalty", "gran.", "density", "val acc %", "latency ms [band]",
+                "MFLOPs", "weights KiB", "fits"):  # fmt: skip
+        t.add_column(
+            col, justify="left" if col in ("state", "penalty", "gran.", "fits") else "right"
+        )
+    trials = study.get_trials(deepcopy=False)
+    for tr in trials[-limit:] if limit else trials:
+        r = trial_row(tr)
+        t.add_row(
+            str(r["trial"]),
+            r["state"].lower(),
+            str(tr.params.get("penalty", "")),
+            str(tr.params.get("granularity", "")),
+            "—" if r["density"] is None else f"{r['density']:.4f}",
+            _pct(r["val_accuracy"]),
+            _ms(r) if r["state"] == "COMPLETE" else "—",
+            "—" if r["flops"] is None else f"{r['flops'] / 1e6:.4g}",
+            "—" if r["weight_bytes"] is None else f"{r['weight_bytes'] / 1024:.1f}",
+            _fits(r) if r["state"] == "COMPLETE" else "—",
+        )
+    return t
+
+
+def pick_table(info: dict[str, Any]) -> Table:
+    """The pick (or, when nothing fits, the closest trial and what it misses)."""
+    picked, near = info["picked"], info["closest"]
+    row = picked or near
+    title = "Picked ticket" if picked else "Nothing fits the budget; closest trial"
+    t = Table(title=title, title_justify="left")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    if row is None:
+        t.add_row("trials completed", "0")
+        return t
+    t.add_row("trial", str(row["trial"]))
+    for k, v in row["params"].items():
+        t.add_row(f"  {k}", f"{v:.4g}" if isinstance(v, float) else str(v))
+    t.add_row("val accuracy", f"{_pct(row['val_accuracy'])} %")
+    if picked:
+        t.add_row("test accuracy (evaluated once)", f"{_pct(row.get('test_accuracy'))} %")
+    t.add_row("density", f"{row['density']:.4f}")
+    t.add_row("latency ms (estimate [band])", _ms(row))
+    t.add_row("FLOPs (1 MAC = 1 flop)", f"{row['flops']:,}")
+    t.add_row("weights", f"{row['weight_bytes'] / 1024:.1f} KiB")
+    t.add_row("peak activations", f"{row['peak_activation_bytes'] / 1024:.1f} KiB")
+    t.add_row("fits budget", _fits(row))
+    return t
+
+
+# --- pictures ------------------------------------------------------------------------------------
+
+
+def plot_study(study: optuna.Study, path: str | Path) -> Path:
+    """Accuracy vs latency (or MFLOPs), feasible vs not, budget line, pick; and importances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config = study.user_attrs.get(CONFIG_ATTR) or {}
+    budget = config.get("budget", {})
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    use_latency = all(t.user_attrs.get("latency_ms") is not None for t in done) and done
+    key, label, limit = (
+        ("latency_ms", "estimated latency (ms)", budget.get("latency_ms"))
+        if use_latency
+        else ("flops", "MFLOPs (1 multiply-add = 1 flop)", budget.get("mflops"))
+    )
+    scale = 1.0 if key == "latency_ms" else 1e-6
+
+    def xs(ts: list[FrozenTrial]) -> list[float]:
+        return [float(t.user_attrs[key]) * scale for t in ts]
+
+    def ys(ts: list[FrozenTrial]) -> list[float]:
+        return [100 * float(t.user_attrs["val_accuracy"]) for t in ts]
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    ok = [t for t in done if feasible(t)]
+    bad = [t for t in done if not feasible(t)]
+    ax.scatter(xs(bad), ys(bad), c="lightgray", edgecolors="gray", label="over budget", s=28)
+    ax.scatter(xs(ok), ys(ok), c="tab:blue", label="fits budget", s=28)
+    front = pareto_front(study)
+    if front:
+        f = sorted(front, key=lambda t: float(t.user_attrs[key]))
+        ax.plot(xs(f), ys(f), c="tab:blue", lw=1, alpha=0.6, label="Pareto front (feasible)")
+    if limit is not None:
+        ax.axvline(limit, c="tab:red", ls="--", lw=1, label=f"budget {limit:g}")
+    chosen = pick(study)
+    if chosen is not None:
+        ax.scatter(xs([chosen]), ys([chosen]), marker="*", s=260, c="gold", edgecolors="black",
+                   zorder=5, label=f"pick: trial {chosen.number}")  # fmt: skip
+    ax.set_xlabel(label)
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{study.study_name}: {config.get('model')} on {config.get('target')}")
+    if xs(done) and min(xs(done)) > 0 and max(xs(done)) / min(xs(done)) > 20:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _importance_panel(study, ax2)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _importance_panel(study: optuna.Study, ax: Any) -> None:
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    ax.set_title("importance for validation accuracy (PED-ANOVA)")
+    try:
+        # lower is better for the evaluator's target, so negate the accuracy
+        imp = optuna.importance.get_param_importances(
+            study, target=lambda t: -float(t.user_attrs.get("val_accuracy", 0.0))
+        )
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        imp = {}
+    if len(done) < 4 or not imp:
+        ax.text(0.5, 0.5, "needs more completed trials", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    names = list(imp)[::-1]
+    ax.barh(names, [imp[n] for n in names], color="tab:green")
+    ax.set_xlabel("relative importance")
+
+
+# --- export card ---------------------------------------------------------------------------------
+
+
+def card(study: optuna.Study, trial: FrozenTrial, onnx: dict[str, Any]) -> dict[str, Any]:
+    """`card.json`: what the exported ticket is, how it was found, what it costs, where."""
+    stored = study.user_attrs.get(PICK_ATTR) or {}
+    row = trial_row(trial)
+    row["test_accuracy"] = (
+        stored.get("test_accuracy") if stored.get("trial") == trial.number else None
+    )
+    return {
+        "study": study.study_name,
+        "trial": trial.number,
+        "picked": (pick(study) or trial).number == trial.number,
+        "config": study.user_attrs.get(CONFIG_ATTR),
+        "metrics": row,
+        "units": {
+            "latency_ms": "milliseconds, batch 1, estimated from the device profile",
+            "flops": "fvcore count, 1 multiply-add = 1 flop, batch 1, masked weights removed",
+            "weight_bytes": "bytes in the smallest storage format the target runtime reads",
+        },
+        "onnx": onnx,
+    }

@@ -1,0 +1,720 @@
+"""The Optuna glue: search space -> suggestions -> one ticket per trial -> cost on a device.
+
+One storage URL (or journal file) is the only coordination point: every worker process that
+runs ``run_search`` with the same study name and storage joins the same study.
+
+Objectives. ``budget`` mode maximises validation accuracy; the budget enters as constraints
+(``trial.set_constraint``, relative excess value / limit - 1, feasible when <= 0) and Optuna's
+MedianPruner stops hopeless trials on their per-epoch validation accuracy. ``pareto`` mode
+minimises latency (when the target's profile can estimate it) and MFLOPs while maximising
+accuracy; Optuna cannot prune multi-objective trials, so we raise ``TrialPruned`` ourselves when
+a trial's accuracy at an epoch is below the median of the completed trials that are no more
+costly at the same epoch (it is then dominated where it stands).
+
+Budget-aware binarisation: when a candidate's binary mask misses the budget, it is cut to fit
+instead of thrown away: the mask entries are ranked by mask value per unit of cost (a weight's
+cost is its layer's FLOPs per weight when latency or FLOPs are over budget: a conv weight used
+at 784 positions costs 784 times a classifier weight) and the largest density that fits is
+found by bisection. A candidate that fits at no density skips ticket training (its trial
+completes infeasible, with its constraint values, so the sampler learns from it).
+
+Crash safety. Finished trials are in the storage the moment they finish. A trial interrupted
+by Ctrl-C is failed with ``interrupted`` set; a trial whose worker was killed stays RUNNING and
+is recognised on the next run (same host: its process is gone; other hosts: no heartbeat for
+``STALE_AFTER_S``). Either way its parameters are enqueued again once (``retry_of``), so a
+resumed study re-runs it. Picking uses validation accuracy only; the picked ticket is then
+evaluated once on the test split and that number is stored with the study.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from hwsparse import masks as M
+from hwsparse import train as T
+from hwsparse.cost.estimate import Budget, CostReport, estimate
+from hwsparse.cost.profiles import DeviceProfile, load_profile
+from hwsparse.data import Dataset, load_dataset
+from hwsparse.errors import InputError
+from hwsparse.models import build_model
+from hwsparse.penalties import get_penalty
+from hwsparse.space import SearchSpace
+from hwsparse.tickets import META_FILE, WEIGHTS_FILE, load_ticket, save_ticket
+
+RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
+DEFAULT_STORAGE = RUNS_DIR / "hwsparse.journal"
+STALE_AFTER_S = 600.0  # a RUNNING trial of another host with no heartbeat this long is dead
+CONFIG_ATTR = "hwsparse_config"
+PICK_ATTR = "hwsparse_pick"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# --- storage -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Storage:
+    """An opened storage, the text it was given as, and where its artifacts live."""
+
+    url: str
+    backend: BaseStorage
+    artifacts: Path
+
+
+def open_storage(text: str | Path | None = None, *, create: bool = False) -> Storage:
+    """Open an Optuna storage: a ``sqlite:///``/``postgresql+psycopg://``/``mysql+pymysql://``
+    URL, or a path to a journal file (default ``runs/hwsparse.journal``; best for several
+    processes on one machine).
+
+    Artifacts (the tickets) go next to a file storage (``NAME.artifacts/``), else into
+    ``runs/artifacts``.
+    """
+    raw = str(text) if text is not None else str(DEFAULT_STORAGE)
+    if "://" in raw:
+        if raw.startswith("sqlite:///"):
+            db = Path(raw.removeprefix("sqlite:///"))
+            if not create and not db.is_file():
+                raise InputError(f"no storage at {raw}: the file {db} does not exist")
+            artifacts = db.with_suffix(".artifacts")
+        else:
+            artifacts = RUNS_DIR / "artifacts"
+        try:
+            backend: BaseStorage = RDBStorage(
+                raw, engine_kwargs={"connect_args": {"timeout": 30}} if "sqlite" in raw else {}
+            )
+        except Exception as exc:  # sqlalchemy raises many kinds for a bad URL or server
+            raise InputError(f"cannot open storage {raw}: {str(exc).splitlines()[0]}") from None
+        return Storage(raw, backend, artifacts)
+    path = Path(raw).expanduser().resolve()
+    if not create and not path.is_file():
+        raise InputError(
+            f"no storage at {path} (run `hwsparse search` first, or pass --storage "
+            "PATH|sqlite:///FILE|postgresql+psycopg://...)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        backend = JournalStorage(JournalFileBackend(str(path)))
+    except Exception as exc:  # a corrupt journal fails while it is replayed
+        raise InputError(f"cannot read storage {path}: {str(exc).splitlines()[0]}") from None
+    return Storage(str(path), backend, path.with_suffix(".artifacts"))
+
+
+def load_study(name: str, storage: Storage) -> optuna.Study:
+    names = optuna.study.get_all_study_names(storage=storage.backend)
+    if name not in names:
+        raise InputError(
+            f"no study {name!r} in {storage.url}; studies there: {', '.join(names) or 'none'}"
+        )
+    return optuna.load_study(study_name=name, storage=storage.backend)
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that defines a study; stored with it and compared on resume."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    target: str = "raspberry-pi-4"
+    budget: Budget = field(default_factory=Budget)
+    objective: str = "budget"  # budget | pareto
+    space: dict[str, Any] = field(default_factory=dict)  # SearchSpace.as_dict()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("budget", "pareto"):
+            raise InputError(f"unknown --objective {self.objective!r}; valid: budget, pareto")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "target": self.target,
+            "budget": {k: v for k, v in self.budget.__dict__.items() if v is not None},
+            "objective": self.objective,
+            "space": self.space,
+        }
+
+
+def apply_epochs(space: SearchSpace, epochs: int | None) -> SearchSpace:
+    """``--epochs N`` fixes both the search phase and the ticket schedule to N epochs."""
+    if epochs is None:
+        return space
+    if epochs < 1:
+        raise InputError(f"--epochs must be >= 1 (got {epochs})")
+    keep = tuple(p for p in space.params if p.name not in ("epochs", "search_epochs"))
+    fixed = dict(space.fixed)
+    fixed.update(epochs=epochs, search_epochs=epochs)
+    return replace(space, params=keep, fixed=tuple(fixed.items()))
+
+
+# --- suggestions -> configs ----------------------------------------------------------------------
+
+# knob -> (knob it depends on, value that makes it used)
+_CONDITIONS = {
+    "density": ("binarize", "density"),
+    "strength": ("binarize", "threshold"),
+    "threshold": ("binarize", "threshold"),
+    "temperature": ("param", "sigmoid"),
+    "anneal": ("param", "sigmoid"),
+}
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Sample the space's params (conditional ones only where they matter) plus fixed values."""
+    values: dict[str, Any] = dict(space.fixed)
+    params = {p.name: p for p in space.params}
+    # parents first, so conditional knobs see their values
+    order = sorted(params, key=lambda n: (n in _CONDITIONS, list(params).index(n)))
+    for name in order:
+        cond = _CONDITIONS.get(name)
+        if cond is not None:
+            parent, needed = cond
+            if values.get(parent, _default_parent(parent, values, params)) != needed:
+                continue
+        p = params[name]
+        if p.choices is not None:
+            values[name] = trial.suggest_categorical(name, list(p.choices))
+        elif p.is_int:
+            assert p.low is not None and p.high is not None
+            values[name] = trial.suggest_int(
+                name, int(p.low), int(p.high), step=p.step or 1, log=p.log
+            )
+        else:
+            assert p.low is not None and p.high is not None
+            values[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+    return values
+
+
+def _default_parent(parent: str, values: dict[str, Any], params: dict[str, Any]) -> Any:
+    if parent == "binarize":
+        return "density" if "density" in params or "density" in values else "threshold"
+    return "projected"
+
+
+def configs(
+    values: dict[str, Any], seed: int, device: str
+) -> tuple[T.TicketConfig, T.TrainConfig]:
+    """Turn sampled knob values into the engine's configs (unset knobs keep their defaults)."""
+    mask_fields = {"param", "granularity", "mask_first", "mask_last", "temperature", "anneal"}
+    mask = M.MaskConfig(**{k: v for k, v in values.items() if k in mask_fields})
+    penalty = values.get("penalty", "log")
+    binarize = values.get("binarize", "density" if "density" in values else "threshold")
+    ticket_kw: dict[str, Any] = {
+        k: values[k] for k in ("mask_lr", "search_epochs", "threshold") if k in values
+    }
+    eps = get_penalty(penalty).default_eps * values.get("eps_factor", 1.0)
+    if binarize == "density":
+        ticket_kw.update(density=values.get("density", 0.1), auto_strength=True)
+    else:
+        ticket_kw.update(strength=values.get("strength", T.TicketConfig.strength))
+    ticket = T.TicketConfig(penalty=penalty, eps=eps, mask=mask, **ticket_kw)
+    train_kw = {k: values[k] for k in ("epochs", "lr", "rewind_steps") if k in values}
+    train = T.TrainConfig(seed=seed, device=device, **train_kw)
+    return ticket, train
+
+
+# --- the objective -------------------------------------------------------------------------------
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    plain = copy.deepcopy(model).cpu()
+    M.detach_masks(plain, bake=False)
+    return plain.eval()
+
+
+def _cost_weights(model: nn.Module, report: CostReport, masks: M.Masks) -> dict[str, float]:
+    """Relative cost of one weight per layer: its layer's dense FLOPs per weight (mean 1)."""
+    modules = dict(model.named_modules())
+    flops = {row.name: row.dense_flops for row in report.layers}
+    per = {n: max(flops.get(n, 0), 1) / M.raw_weight(modules[n]).numel() for n in masks}
+    mean = statistics.fmean(per.values())
+    return {n: v / mean for n, v in per.items()}
+
+
+@dataclass
+class _Cut:
+    """What budget-aware binarisation did to one candidate."""
+
+    from_density: float | None = None
+    to_density: float | None = None
+    evaluations: int = 0
+
+
+class BudgetCutter:
+    """``select`` hook for :func:`hwsparse.train.run_ticket`: cut a mask until it fits."""
+
+    STEPS = 7  # bisection steps on the density (each is one cost estimate)
+    MIN_FRACTION = 0.01  # never cut below 1 % of the candidate's own density
+
+    def __init__(self, profile: DeviceProfile, budget: Budget, input_shape: tuple[int, ...]):
+        self.profile, self.budget, self.input_shape = profile, budget, input_shape
+        self.cut = _Cut()
+
+    def __call__(self, model: nn.Module, masks: M.Masks) -> M.Masks:
+        plain = _plain_copy(model)
+        report = estimate(plain, self.input_shape, self.profile, masks)
+        self.cut.evaluations += 1
+        violations = self.budget.violations(report)
+        if all(v <= 0 for v in violations.values()):
+            return masks
+        relaxed = M.relaxed_masks(model)
+        weigh = {"latency_ms", "mflops"} & {k for k, v in violations.items() if v > 0}
+        cost = _cost_weights(plain, report, masks) if weigh else dict.fromkeys(masks, 1.0)
+        modules = dict(model.named_modules())
+        scores = {n: r.soft().detach().cpu() / cost[n] for n, r in relaxed.items()}
+        tie = {
+            n: M._group_magnitude(M.raw_weight(modules[n]).detach().cpu(), scores[n].shape)
+            for n in relaxed
+        }
+        start = M.global_density(plain, masks)
+        self.cut.from_density = start
+        lo, hi = start * self.MIN_FRACTION, start  # lo: assumed to fit (checked below)
+        best: M.Masks | None = None
+        candidate = M.top_k_masks(plain, scores, tie, lo, drop_zeros=True)
+        if not self._fits(plain, candidate):
+            raise T.SkipTicket(
+                f"does not fit the budget even at density {lo:.5f} "
+                f"({_describe(self.budget.values(report), self.budget)} at {start:.4f})"
+            )
+        best = candidate
+        for _ in range(self.STEPS):
+            mid = math.sqrt(lo * hi)  # bisect in log density
+            candidate = M.top_k_masks(plain, scores, tie, mid, drop_zeros=True)
+            if self._fits(plain, candidate):
+                lo, best = mid, candidate
+            else:
+                hi = mid
+        self.cut.to_density = M.global_density(plain, best)
+        return {k: v.to(masks[k].device) for k, v in best.items()}
+
+    def _fits(self, plain: nn.Module, masks: M.Masks) -> bool:
+        self.cut.evaluations += 1
+        return self.budget.fits(estimate(plain, self.input_shape, self.profile, masks))
+
+
+def _describe(values: dict[str, float], budget: Budget) -> str:
+    limits = budget.__dict__
+    return ", ".join(f"{k} {v:.4g} > {limits[k]:g}" for k, v in values.items() if v > limits[k])
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Objective:
+    """The per-trial work: suggest -> ticket (budget-aware) -> cost -> constraints -> attrs."""
+
+    def __init__(
+        self,
+        config: SearchConfig,
+        space: SearchSpace,
+        data: Dataset,
+        profile: DeviceProfile,
+        storage: Storage,
+        device: str,
+        metrics: list[str],
+        on_epoch: T.OnEpoch | None = None,
+    ) -> None:
+        self.config, self.space, self.data = config, space, data
+        self.profile, self.storage, self.device = profile, storage, device
+        self.metrics = metrics
+        self.on_epoch = on_epoch
+        self.store = FileSystemArtifactStore(str(storage.artifacts))
+        storage.artifacts.mkdir(parents=True, exist_ok=True)
+
+    def factory(self) -> nn.Module:
+        return build_model(self.config.model, self.data.input_shape, self.data.num_classes)
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        trial.set_user_attr("worker", _worker_id())
+        trial.set_user_attr("heartbeat", time.time())
+        values = suggest(trial, self.space)
+        ticket_cfg, train_cfg = configs(values, self.config.seed + trial.number, self.device)
+        cutter = BudgetCutter(self.profile, self.config.budget, self.data.input_shape)
+        curve: list[float] = []
+        try:
+            result = T.run_ticket(
+                self.factory,
+                self.data,
+                ticket_cfg,
+                train_cfg,
+                self._epoch_hook(trial, curve),
+                select=cutter,
+            )
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+        trial.set_user_attr("val_curve", curve)
+        trial.set_user_attr("status", result.status)
+        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        trial.set_user_attr("device", result.device)
+        if result.status == "diverged" or result.model is None:
+            trial.set_user_attr("message", result.message)
+            return self._failed()
+        t0 = time.perf_counter()
+        report = estimate(result.model, self.data.input_shape, self.profile, result.masks)
+        violations = self.config.budget.violations(report)
+        cost_s = time.perf_counter() - t0
+        for key, value in violations.items():
+            trial.set_constraint(key, value)
+        fits = all(v <= 0 for v in violations.values()) and result.status == "ok"
+        attrs: dict[str, Any] = {
+            "val_accuracy": result.val_accuracy,
+            "density": result.density,
+            "flops": report.flops,
+            "dense_flops": report.dense_flops,
+            "latency_ms": report.latency_ms,
+            "latency_ms_low": report.latency_ms_low,
+            "latency_ms_high": report.latency_ms_high,
+            "weight_bytes": report.weight_bytes,
+            "peak_activation_bytes": report.peak_activation_bytes,
+            "ram_bytes": report.ram_bytes,
+            "cost_seconds": round(cost_s, 3),
+            "epochs": result.epochs,
+            "fits_budget": fits,
+            "violations": violations,
+            "cut_from_density": cutter.cut.from_density,
+            "cut_to_density": cutter.cut.to_density,
+            "message": result.message,
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        self._upload(trial, result, ticket_cfg, train_cfg, report)
+        return self._values(result.val_accuracy, report)
+
+    def _failed(self) -> float | tuple[float, ...]:
+        if self.config.objective == "budget":
+            return float("nan")
+        return tuple(float("nan") for _ in self.metrics)
+
+    def _values(self, accuracy: float, report: CostReport) -> float | tuple[float, ...]:
+        if self.config.objective == "budget":
+            return accuracy
+        out = [accuracy]
+        if "latency_ms" in self.metrics:
+            assert report.latency_ms is not None
+            out.append(report.latency_ms)
+        out.append(report.flops / 1e6)
+        return tuple(out)
+
+    def _epoch_hook(self, trial: optuna.Trial, curve: list[float]) -> T.OnEpoch:
+        study_trials: list[FrozenTrial] = []
+
+        def hook(info: T.EpochInfo) -> None:
+            curve.append(info.val_accuracy)
+            trial.set_user_attr("heartbeat", time.time())
+            if self.on_epoch is not None:
+                self.on_epoch(info)
+            step = len(curve) - 1
+            if self.config.objective == "budget":
+                trial.report(info.val_accuracy, step)
+                if trial.should_prune():
+                    trial.set_user_attr("val_curve", curve)
+                    raise optuna.TrialPruned(f"below the median at epoch {step + 1}")
+            else:
+                if not study_trials:
+                    study_trials.extend(
+                        trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    )
+                if _dominated_so_far(study_trials, curve, step):
+                    trial.set_user_attr("val_curve", curve)
+                    raise optuna.TrialPruned(f"dominated at epoch {step + 1}")
+
+        return hook
+
+    def _upload(
+        self,
+        trial: optuna.Trial,
+        result: T.RunResult,
+        ticket_cfg: T.TicketConfig,
+        train_cfg: T.TrainConfig,
+        report: CostReport,
+    ) -> None:
+        assert result.model is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save_ticket(
+                Path(tmp) / "ticket",
+                result.model,
+                result.masks,
+                model_name=self.config.model,
+                input_shape=self.data.input_shape,
+                num_classes=self.data.num_classes,
+                dataset=self.config.dataset,
+                method=ticket_cfg.penalty,
+                config={"ticket": _plain(ticket_cfg), "train": _plain(train_cfg)},
+                metrics={**result.summary(), "test_accuracy": None, **report.to_dict()},
+                study_trial=trial.number,
+            )
+            for name in (META_FILE, WEIGHTS_FILE):
+                artifact = upload_artifact(
+                    artifact_store=self.store,
+                    file_path=str(folder / name),
+                    study_or_trial=trial,
+                )
+                trial.set_user_attr(f"artifact:{name}", artifact)
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(obj)
+
+
+PRUNE_WARMUP = 5  # never prune before this many epochs, nor with fewer completed peers
+
+
+def _dominated_so_far(complete: list[FrozenTrial], curve: list[float], step: int) -> bool:
+    """Median rule among completed trials at this epoch (pareto mode): prune when below."""
+    if step < PRUNE_WARMUP:
+        return False
+    peers = [
+        t.user_attrs["val_curve"][step]
+        for t in complete
+        if len(t.user_attrs.get("val_curve", [])) > step
+    ]
+    return len(peers) >= PRUNE_WARMUP and curve[step] < statistics.median(peers)
+
+
+# --- running a study -----------------------------------------------------------------------------
+
+
+@dataclass
+class SearchOutcome:
+    study: optuna.Study
+    storage: Storage
+    config: SearchConfig
+    pick: FrozenTrial | None
+    test_accuracy: float | None
+    closest: FrozenTrial | None
+    retried: list[int]
+
+
+def check_resume(study: optuna.Study, config: SearchConfig) -> None:
+    """A resumed study must have the same dataset, model, target, budget, objective, space."""
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        raise InputError(
+            f"study {study.study_name!r} was not made by hwsparse search; use another --study"
+        )
+    now = config.to_dict()
+    diff = [k for k in now if stored.get(k) != now[k]]
+    if diff:
+        k = diff[0]
+        raise InputError(
+            f"study {study.study_name!r} exists with a different {k}: "
+            f"stored {stored.get(k)!r}, asked {now[k]!r}; resume with the same options or "
+            "use a new --study"
+        )
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Fail trials whose worker is gone and enqueue every interrupted trial once again."""
+    host = socket.gethostname()
+    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        retried.add(t.user_attrs.get("retry_of"))  # enqueued but not yet run
+    again: list[int] = []
+    for t in study.get_trials(deepcopy=False):
+        dead = False
+        if t.state == TrialState.RUNNING:
+            worker = str(t.user_attrs.get("worker", ""))
+            w_host, _, pid = worker.rpartition(":")
+            beat = float(t.user_attrs.get("heartbeat", 0.0))
+            if w_host == host and pid.isdigit():
+                dead = not _alive(int(pid))
+            else:
+                dead = time.time() - beat > STALE_AFTER_S
+            if dead:
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        interrupted = t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
+        if (dead or interrupted) and t.number not in retried and t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            again.append(t.number)
+    return again
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def directions_for(
+    config: SearchConfig, latency_known: bool
+) -> tuple[list[StudyDirection], list[str]]:
+    up, down = StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE
+    if config.objective == "budget":
+        return [up], ["val_accuracy"]
+    if latency_known:
+        return [up, down, down], ["val_accuracy", "latency_ms", "mflops"]
+    return [up, down], ["val_accuracy", "mflops"]
+
+
+def run_search(
+    study_name: str,
+    storage: Storage,
+    config: SearchConfig,
+    space: SearchSpace,
+    *,
+    trials: int,
+    timeout: float | None = None,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    on_epoch: T.OnEpoch | None = None,
+) -> SearchOutcome:
+    """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s)."""
+    if trials < 1:
+        raise InputError(f"--trials must be >= 1 (got {trials})")
+    if timeout is not None and timeout <= 0:
+        raise InputError(f"--timeout must be > 0 seconds (got {timeout})")
+    T.resolve_device(device)
+    profile = load_profile(config.target)
+    data = load_dataset(config.dataset, data_dir)
+    dense = build_model(config.model, data.input_shape, data.num_classes)
+    report = estimate(dense, data.input_shape, profile)
+    config.budget.values(report)  # raises when the profile cannot judge a set limit
+    directions, metrics = directions_for(config, report.latency_ms is not None)
+    names = optuna.study.get_all_study_names(storage=storage.backend)
+    if study_name in names:
+        study = optuna.load_study(study_name=study_name, storage=storage.backend)
+        check_resume(study, config)
+    else:
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=storage.backend,
+            directions=directions,
+            load_if_exists=True,  # another worker may have created it a moment ago
+        )
+        study.set_user_attr(CONFIG_ATTR, config.to_dict())
+        study.set_user_attr("metrics", metrics)
+        study.set_user_attr("artifacts", str(storage.artifacts))
+        study.set_user_attr("input_shape", list(data.input_shape))
+        study.set_user_attr("dense", {"flops": report.flops, "latency_ms": report.latency_ms})
+        if len(study.directions) == 1 and len(directions) == 1:
+            study.set_metric_names(metrics)
+    retried = recover_interrupted(study)
+    # Samplers are not stored: rebuild one, seeded by how far the study is, so a resumed run
+    # or a second worker does not replay the first one's startup trials.
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
+    if config.objective == "budget":
+        study.pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=PRUNE_WARMUP)
+    objective = Objective(config, space, data, profile, storage, device, metrics, on_epoch)
+    callbacks = [lambda s, t: on_trial(s, t)] if on_trial is not None else []
+    study.optimize(
+        objective,
+        n_trials=trials,
+        timeout=timeout,
+        callbacks=callbacks,
+        catch=(),
+        gc_after_trial=False,
+    )
+    pick, test_acc = pick_and_test(study, storage, data)
+    return SearchOutcome(
+        study, storage, config, pick, test_acc, None if pick else closest(study), retried
+    )
+
+
+# --- picking -------------------------------------------------------------------------------------
+
+
+def feasible(t: FrozenTrial) -> bool:
+    return t.state == TrialState.COMPLETE and bool(t.user_attrs.get("fits_budget"))
+
+
+def pick(study: optuna.Study) -> FrozenTrial | None:
+    """The most accurate feasible trial on validation; ties go to the lower latency."""
+    candidates = [t for t in study.get_trials(deepcopy=False) if feasible(t)]
+    if not candidates:
+        return None
+
+    def key(t: FrozenTrial) -> tuple[float, float, float]:
+        lat = t.user_attrs.get("latency_ms")
+        return (
+            -float(t.user_attrs["val_accuracy"]),
+            float(lat) if lat is not None else math.inf,
+            float(t.user_attrs.get("flops", math.inf)),
+        )
+
+    return min(candidates, key=key)
+
+
+def closest(study: optuna.Study) -> FrozenTrial | None:
+    """When nothing fits: the completed trial whose worst budget excess is smallest."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("violations")
+    ]
+    if not done:
+        return None
+    return min(done, key=lambda t: max(t.user_attrs["violations"].values()))
+
+
+def fetch_ticket(study: optuna.Study, trial: FrozenTrial, storage: Storage, folder: Path) -> Path:
+    """Download a trial's ticket files into ``folder``."""
+    store = FileSystemArtifactStore(str(study.user_attrs.get("artifacts", storage.artifacts)))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (META_FILE, WEIGHTS_FILE):
+        artifact = trial.user_attrs.get(f"artifact:{name}")
+        if artifact is None:
+            raise InputError(
+                f"trial {trial.number} has no saved ticket (state {trial.state.name})"
+            )
+        target = folder / name
+        target.unlink(missing_ok=True)
+        try:
+            download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact)
+        except Exception as exc:  # missing artifact folder, moved storage
+            raise InputError(
+                f"ticket of trial {trial.number} not found in {store._base_path}: {exc}"
+            ) from None
+    return folder
+
+
+def pick_and_test(
+    study: optuna.Study, storage: Storage, data: Dataset
+) -> tuple[FrozenTrial | None, float | None]:
+    """Pick the trial and evaluate its ticket once on the test split (stored with the study)."""
+    chosen = pick(study)
+    if chosen is None:
+        return None, None
+    stored = study.user_attrs.get(PICK_ATTR) or {}
+    if stored.get("trial") == chosen.number:
+        return chosen, float(stored["test_accuracy"])
+    with tempfile.TemporaryDirectory() as tmp:
+        ticket = load_ticket(fetch_ticket(study, chosen, storage, Path(tmp)))
+    with torch.no_grad():
+        logits = ticket.model.eval()(data.x_test)
+    acc = float((logits.argmax(1) == data.y_test).float().mean())
+    study.set_user_attr(PICK_ATTR, {"trial": chosen.number, "test_accuracy": acc})
+    return chosen, acc
