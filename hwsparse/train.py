@@ -118,8 +118,8 @@ class BaselineConfig:
 
     prune_rate: float = 0.2  # IMP: fraction of surviving weights pruned per round
     cs_rounds: int = 3  # CS: rounds of mask search
-    cs_epochs: int = 5  # CS: epochs per round
-    cs_strength: float = 1e-5  # CS: lambda of the l1 pull on the soft mask
+    cs_epochs: int = 10  # CS: epochs per round
+    cs_strength: float = 1e-3  # CS: lambda of the l1 pull on the soft mask (val-selected)
     cs_temperature: float = 1.0  # CS: initial temperature (1 / beta)
     cs_anneal: float = 200.0  # CS: temperature falls by this factor within a round
     cs_mask_lr: float = 0.02
