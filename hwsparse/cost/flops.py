@@ -362,6 +362,8 @@ def count_flops(
     model: nn.Module,
     input_shape: tuple[int, ...],
     masks: Mapping[str, Tensor] | None = None,
+    *,
+    liveness: Liveness | None = None,
 ) -> FlopCount:
     """Count the flops of one forward pass, sparse-aware.
 
@@ -371,6 +373,7 @@ def count_flops(
         input_shape: one sample's shape without the batch dimension, e.g. ``(3, 32, 32)``.
         masks: optional binary (0/1) masks keyed by Conv/Linear qualified names, each of the
             layer's weight shape. Channel masks arrive expanded (whole output rows zero).
+        liveness: a :func:`channel_liveness` result for these masks, to skip recomputing it.
 
     Returns:
         A :class:`FlopCount` (1 multiply-add = 1 flop, batch 1). ``total`` honours masks and
@@ -382,7 +385,10 @@ def count_flops(
     input_shape = check_input_shape(input_shape)
     dense = dense_flops(model, input_shape)
     checked = check_masks(model, masks)
-    liveness = channel_liveness(model, input_shape, checked) if checked else None
+    if checked and liveness is None:
+        liveness = channel_liveness(model, input_shape, checked)
+    if not checked:
+        liveness = None
     rows: list[LayerFlops] = []
     for name, mod in model.named_modules():
         own = dense.own.get(name, 0)

@@ -1,0 +1,587 @@
+"""Calibration: measure this machine with PyTorch and write a device profile of it.
+
+``calibrate()`` runs micro-benchmarks in about a minute (``quick=True``: a few seconds, for
+tests) with pinned threads, warm-up and medians (``torch.utils.benchmark.Timer``), then fits
+the profile's numbers so that the estimator of :mod:`hwsparse.cost.latency` reproduces them:
+
+1. peak: the best ``torch.mm`` GFLOP/s over square sizes (2 flops per multiply-add);
+2. memory levels: the CPU caches from sysfs (Linux) plus DRAM, each with the bandwidth of
+   ``dst.copy_(src)`` at a size that fits the level (read + write bytes, the per-call cost of a
+   1-element copy subtracted);
+3. overheads: per op kind, the fixed cost left after the memory term, median over several
+   sizes (views, activations, adds, batch-norm, pooling, copies; module call included, as a
+   network's leaf modules pay it too); the call of an empty module and of a container;
+4. compute efficiencies: for conv, pointwise, depthwise and fc layers of representative shapes,
+   the efficiency and per-op overhead per class, and the engine's small-layer halves (shared by
+   the conv classes), by least squares on log time over a grid;
+5. sparse speed-up: ``torch.mm`` of a CSR weight vs dense across sparsities (recorded with
+   ``exploited: false``: eager PyTorch runs masked weights densely; flip it if you deploy CSR).
+
+The machine load is read before and after (``os.getloadavg``); a busy machine gives a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import resource
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.benchmark import Timer
+
+from hwsparse.cost.dataflow import COMPUTE_KINDS, Trace, trace
+from hwsparse.cost.latency import OpLatency, _op_latency
+from hwsparse.cost.profiles import (
+    Capacity,
+    DeviceProfile,
+    Efficiency,
+    Engine,
+    KernelOverhead,
+    Memory,
+    MemoryLevel,
+    Peak,
+    Power,
+    SemiStructured,
+    SmallLayer,
+    Sparsity,
+    Unstructured,
+)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One micro-benchmark: what ran, its median time and the calibrated model's estimate."""
+
+    name: str
+    kind: str
+    measured_us: float
+    estimated_us: float
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Result of :func:`calibrate`.
+
+    Attributes:
+        profile: the fitted profile (loads and validates like a shipped one).
+        measurements: micro-benchmarks with their fitted estimates.
+        median_error_pct: median |estimate / measured - 1| over compute micro-benchmarks, %.
+        p90_error_pct: 90th percentile of the same, %.
+        load_before, load_after: 1-minute load average before and after.
+        warnings: e.g. a busy machine.
+        seconds: wall time of the calibration.
+    """
+
+    profile: DeviceProfile
+    measurements: tuple[Measurement, ...]
+    median_error_pct: float
+    p90_error_pct: float
+    load_before: float
+    load_after: float
+    warnings: tuple[str, ...]
+    seconds: float
+
+
+def median_time_s(fn: Callable[[], object], min_run_time_s: float, threads: int = 1) -> float:
+    """Median seconds per call of ``fn`` (3 warm-up calls, then ``blocked_autorange``)."""
+    for _ in range(3):
+        fn()
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    return float(timer.blocked_autorange(min_run_time=min_run_time_s).median)
+
+
+def busy_warning(threads: int) -> str | None:
+    """A warning when other processes occupy the CPUs the measurement needs."""
+    cpus = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    if load > cpus - threads + 0.5:
+        return (
+            f"machine is busy: load average {load:.2f} on {cpus} CPUs with {threads} thread(s)"
+            " wanted; timings will be slow and noisy (close other work and re-run)"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw micro-benchmarks
+
+
+def gemm_peak_gflops(sizes: tuple[int, ...], min_time: float, threads: int) -> float:
+    """Best ``torch.mm`` throughput, GFLOP/s (2 flops per multiply-add), over square sizes."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        t = median_time_s(partial(torch.mm, a, b), min_time, threads)
+        best = max(best, 2 * n**3 / t / 1e9)
+    return best
+
+
+def _cache_levels() -> list[tuple[str, int]]:
+    """(name, bytes) of the data/unified caches of CPU 0 from sysfs, smallest first."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    levels: list[tuple[str, int]] = []
+    for index in sorted(base.glob("index*")):
+        try:
+            kind = (index / "type").read_text().strip()
+            level = (index / "level").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind not in ("Data", "Unified") or not size:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1], 1)
+        number = int(size[:-1]) if size[-1] in "KMG" else int(size)
+        levels.append((f"l{level}", number * unit))
+    return sorted(levels, key=lambda item: item[1])
+
+
+def _ram_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def copy_bandwidth_gbps(n_bytes: int, min_time: float, threads: int, call_s: float) -> float:
+    """Copy bandwidth (read + write bytes), 10^9 B/s, the per-call cost ``call_s`` removed."""
+    n = max(n_bytes // 4, 1)
+    src, dst = torch.randn(n), torch.empty(n)
+    t = median_time_s(lambda: dst.copy_(src), min_time, threads)
+    return 2 * 4 * n / max(t - call_s, t * 0.05) / 1e9
+
+
+def memory_levels(quick: bool, min_time: float, threads: int) -> list[MemoryLevel]:
+    """Caches (sysfs) and DRAM with measured copy bandwidth."""
+    one = torch.randn(1), torch.empty(1)
+    call_s = median_time_s(lambda: one[1].copy_(one[0]), min_time, threads)
+    levels = []
+    source = "[CAL] copy_ bandwidth (read+write) at a buffer fitting the level; sysfs sizes"
+    caches = _cache_levels()
+    for name, size in caches:
+        if name == "l1" and quick:
+            continue
+        bw = copy_bandwidth_gbps(size // 4, min_time, threads, call_s)
+        levels.append(MemoryLevel(name, size, round(bw, 1), None, source))
+    dram_test = (16 if quick else 128) * 2**20
+    bw = copy_bandwidth_gbps(dram_test, min_time, threads, call_s)
+    levels.append(MemoryLevel("dram", _ram_bytes(), round(bw, 1), None, source))
+    return levels
+
+
+def sparse_curve(min_time: float, threads: int, quick: bool) -> tuple[tuple[float, float], ...]:
+    """Speed-up of ``torch.mm`` with a CSR weight over dense, per sparsity."""
+    n, cols = (256, 32) if quick else (512, 64)
+    w, x = torch.randn(n, n), torch.randn(n, cols)
+    dense = median_time_s(lambda: torch.mm(w, x), min_time, threads)
+    curve = []
+    for s in (0.5, 0.8, 0.9, 0.95) if quick else (0.5, 0.7, 0.8, 0.9, 0.95, 0.98):
+        gen = torch.Generator().manual_seed(int(s * 1000))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            csr = (w * (torch.rand(w.shape, generator=gen) >= s)).to_sparse_csr()
+        t = median_time_s(partial(torch.mm, csr, x), min_time, threads)
+        curve.append((s, round(dense / t, 2)))
+    return tuple(curve)
+
+
+# ---------------------------------------------------------------------------------------------
+# Op micro-benchmarks and fitting
+
+
+@dataclass(frozen=True)
+class _Bench:
+    name: str
+    kind: str
+    module: nn.Module
+    shape: tuple[int, ...]
+
+
+def _memory_benches(quick: bool) -> list[_Bench]:
+    sizes = (
+        [(8, 4), (32, 16), (64, 32)]
+        if quick
+        else [(8, 4), (16, 8), (32, 16), (64, 32), (64, 56), (128, 28)]
+    )
+    out = []
+    for c, hw in sizes:
+        shape = (c, hw, hw)
+        out += [
+            _Bench(f"relu {c}x{hw}x{hw}", "activation", nn.ReLU(), shape),
+            _Bench(f"add {c}x{hw}x{hw}", "add", _Add(), shape),
+            _Bench(f"batchnorm {c}x{hw}x{hw}", "batch_norm", nn.BatchNorm2d(c), shape),
+            _Bench(f"maxpool {c}x{hw}x{hw}", "pool", nn.MaxPool2d(2), shape),
+            _Bench(f"avgpool-global {c}x{hw}x{hw}", "pool", nn.AdaptiveAvgPool2d(1), shape),
+            _Bench(f"cat {c}x{hw}x{hw}", "elementwise", _Cat(), shape),
+        ]
+    out.append(_Bench("flatten", "view", nn.Flatten(), (8, 2, 2)))
+    out.append(_Bench("flatten-big", "view", nn.Flatten(), (64, 8, 8)))
+    return out
+
+
+class _Add(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x
+
+
+class _Cat(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x], dim=1)
+
+
+def _compute_benches(quick: bool, seed: int) -> list[_Bench]:
+    """Layers of the shapes hwsparse's models use: 8-256 channels, 4-56 pixels, stride 1-2."""
+    rng = random.Random(seed)
+    counts = {"conv": 5, "pointwise": 4, "depthwise": 3, "fc": 3} if quick else {
+        "conv": 28, "pointwise": 18, "depthwise": 14, "fc": 14
+    }  # fmt: skip
+    chans = [8, 16, 24, 32, 48, 64, 96, 128, 256]
+    out: list[_Bench] = []
+    for kind, count in counts.items():
+        made = 0
+        while made < count:
+            hw = rng.choice([4, 7, 8, 14, 16, 28, 32, 56])
+            ci, co = rng.choice([3, *chans]), rng.choice(chans)
+            stride = rng.choice([1, 1, 2])
+            if kind == "fc":
+                fi = rng.choice([16, 64, 128, 256, 512, 1024, 2048])
+                fo = rng.choice([10, 32, 64, 128, 256, 512, 1024])
+                out.append(_Bench(f"linear {fi}->{fo}", kind, nn.Linear(fi, fo), (fi,)))
+            elif kind == "conv":
+                k = rng.choice([3, 3, 3, 5])
+                if ci * co * k * k * hw * hw / stride**2 > 1.2e8:
+                    continue
+                mod = nn.Conv2d(ci, co, k, stride, k // 2, bias=False)
+                name = f"conv{k}x{k} {ci}->{co} @{hw} s{stride}"
+                out.append(_Bench(name, kind, mod, (ci, hw, hw)))
+            elif kind == "pointwise":
+                if ci * co * hw * hw > 6e7:
+                    continue
+                mod = nn.Conv2d(ci, co, 1, bias=False)
+                out.append(_Bench(f"conv1x1 {ci}->{co} @{hw}", kind, mod, (ci, hw, hw)))
+            else:
+                mod = nn.Conv2d(co, co, 3, stride, 1, groups=co, bias=False)
+                out.append(_Bench(f"dw3x3 {co} @{hw} s{stride}", kind, mod, (co, hw, hw)))
+            made += 1
+    return out
+
+
+def _predict(tr: Trace, profile: DeviceProfile) -> list[OpLatency]:
+    notes: set[str] = set()
+    eng = profile.engines[0]
+    return [_op_latency(op, profile, eng, eng.dtype, {}, {}, notes) for op in tr.ops]
+
+
+def _fit_overhead(samples: list[tuple[float, float]]) -> float:
+    """Median of (measured - memory time) over samples, >= 0 (microseconds)."""
+    return max(0.0, statistics.median(m - busy for m, busy in samples))
+
+
+def calibrate(
+    threads: int = 1,
+    quick: bool = False,
+    profile_id: str = "this-machine",
+    name: str | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> CalibrationResult:
+    """Measure this machine and fit a device profile of it (PyTorch eager, FP32).
+
+    Args:
+        threads: intra-op threads (``torch.set_num_threads``) for every measurement.
+        quick: a few seconds of tiny benchmarks (tests); the numbers are then rough.
+        profile_id: id of the written profile.
+        name: human-readable name (default: CPU model and thread count).
+        seed: seed of the sampled layer shapes.
+        progress: callback receiving one line per stage.
+
+    Returns:
+        A :class:`CalibrationResult` whose ``profile`` loads like any shipped profile.
+    """
+    say = progress or (lambda _msg: None)
+    start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    alerts = [w for w in [busy_warning(threads)] if w]
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    min_time = 0.002 if quick else 0.1
+    try:
+        with torch.no_grad():
+            say("GEMM peak")
+            peak = gemm_peak_gflops(
+                (128, 256) if quick else (128, 256, 512, 1024), min_time, threads
+            )
+            say(f"GEMM peak {peak:.1f} GFLOP/s; memory bandwidth")
+            levels = memory_levels(quick, min_time, threads)
+            say("per-op overheads")
+            profile = _initial_profile(profile_id, name, threads, peak, levels)
+            profile, measurements = _fit_ops(profile, quick, seed, min_time, threads, say)
+            say("sparse CSR speed-up")
+            curve = sparse_curve(min_time, threads, quick)
+    finally:
+        torch.set_num_threads(old_threads)
+    even = [s for s, x in curve if x >= 1.0]
+    eng = profile.engines[0]
+    sparsity = replace(
+        eng.sparsity,
+        unstructured=Unstructured(
+            exploited=False,
+            eligible_ops=("pointwise", "fc"),
+            min_sparsity=even[0] if even else None,
+            speedup_curve=curve,
+        ),
+    )
+    profile = replace(profile, engines=(replace(eng, sparsity=sparsity),))
+    compute = [m for m in measurements if m.kind in COMPUTE_KINDS]
+    errors = sorted(abs(m.estimated_us / m.measured_us - 1) * 100 for m in compute)
+    median_err = statistics.median(errors) if errors else 0.0
+    p90 = errors[min(len(errors) - 1, int(0.9 * len(errors)))] if errors else 0.0
+    eng = profile.engines[0]
+    profile = replace(
+        profile,
+        engines=(replace(eng, uncertainty_pct=round(max(10.0, min(60.0, p90)), 0)),),
+    )
+    load_after = os.getloadavg()[0]
+    warn_after = busy_warning(threads)
+    if warn_after and not alerts:
+        alerts.append(warn_after)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    sources = {
+        "CAL": f"hwsparse calibrate --threads {threads}{' --quick' if quick else ''} on"
+        f" {platform.node() or 'this host'}, {stamp}, torch {torch.__version__};"
+        f" load average {load_before:.2f} before, {load_after:.2f} after"
+    }
+    notes = (
+        f"Measured by hwsparse calibrate ({'quick, rough' if quick else 'full'}); median fit"
+        f" error of layer micro-benchmarks {median_err:.0f} %, p90 {p90:.0f} % (the"
+        " engine's uncertainty_pct). Timings: torch.utils.benchmark medians, warm-up,"
+        f" {threads} thread(s), flush-denormal on."
+        + (" Warnings: " + "; ".join(alerts) if alerts else "")
+    )
+    profile = replace(profile, sources=sources, notes=notes)
+    return CalibrationResult(
+        profile=profile,
+        measurements=tuple(measurements),
+        median_error_pct=median_err,
+        p90_error_pct=p90,
+        load_before=load_before,
+        load_after=load_after,
+        warnings=tuple(alerts),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _alignment() -> int:
+    """SIMD width in FP32 lanes of this CPU (AVX-512: 16, AVX/AVX2: 8, NEON: 4)."""
+    flags = ""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pass
+    if " avx512f" in flags:
+        return 16
+    if " avx2" in flags or " avx " in flags:
+        return 8
+    if " asimd" in flags or platform.machine().lower() in ("arm64", "aarch64"):
+        return 4
+    return 1
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "this CPU"
+
+
+def _initial_profile(
+    profile_id: str, name: str | None, threads: int, peak: float, levels: list[MemoryLevel]
+) -> DeviceProfile:
+    zero = KernelOverhead(*(0.0,) * 10)
+    engine = Engine(
+        name="cpu",
+        kind="cpu",
+        cores=threads,
+        clock_ghz=None,
+        peak=Peak(fp32_gflops=round(peak, 1), fp16_gflops=None, int8_gops=None),
+        peak_derivation="[CAL] measured: best torch.mm GFLOP/s (2 flops per multiply-add),"
+        f" {threads} thread(s)",
+        dtype="fp32",
+        runtime=f"PyTorch {torch.__version__.split('+')[0]} eager (CPU), {threads} thread(s),"
+        " batch 1",
+        threads=threads,
+        efficiency=Efficiency(*(1.0,) * 9),
+        kernel_overhead_us=zero,
+        invoke_overhead_us=0.0,
+        container_overhead_us=0.0,
+        small_layer=SmallLayer(0.0, 0.0),
+        fused_ops=(),
+        channel_alignment=_alignment(),
+        uncertainty_pct=30.0,
+        sparsity=Sparsity(
+            weight_formats=("dense",),
+            unstructured=Unstructured(False, (), None, ()),
+            semi_structured=SemiStructured(None, (), None),
+            channel_pruning=True,
+            source="[CAL] eager PyTorch runs masked weights densely; channel-pruned networks"
+            " are exported compacted; CSR curve measured with torch.mm",
+        ),
+        source="[CAL] fitted to layer micro-benchmarks (least squares on log time)",
+    )
+    reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return DeviceProfile(
+        schema_version=1,
+        id=profile_id,
+        name=name
+        or f"{_cpu_name()} ({threads} thread{'s' if threads > 1 else ''}, PyTorch eager)",
+        device_class="cpu",
+        notes="",
+        sources={"CAL": "hwsparse calibrate"},
+        engines=(engine,),
+        memory=Memory(levels=tuple(levels)),
+        capacity=Capacity(
+            ram_bytes=_ram_bytes(),
+            weight_budget_bytes=None,
+            activation_budget_bytes=None,
+            runtime_reserved_bytes=reserved,
+            weights_in_ram=True,
+            source="[CAL] physical RAM (sysconf); reserve = peak RSS of the calibrating Python"
+            " process with torch loaded; weight budget unknown (disk)",
+        ),
+        power=Power(None, None, None, source="not measured"),
+        anchors=(),
+    )
+
+
+def _measure(
+    benches: list[_Bench], min_time: float, threads: int
+) -> list[tuple[_Bench, Trace, float]]:
+    out = []
+    for b in benches:
+        mod = b.module.eval()
+        x = torch.randn(1, *b.shape)
+        tr = trace(mod, b.shape)
+        t = median_time_s(partial(mod, x), min_time, threads) * 1e6
+        out.append((b, tr, t))
+    return out
+
+
+def _fit_ops(
+    profile: DeviceProfile, quick: bool, seed: int, min_time: float, threads: int, say: Progress
+) -> tuple[DeviceProfile, list[Measurement]]:
+    eng = profile.engines[0]
+    ident, seq = nn.Identity(), nn.Sequential(nn.Identity())
+    x1 = torch.ones(1)
+    invoke = median_time_s(lambda: ident(x1), min_time, threads) * 1e6
+    container = max(0.0, median_time_s(lambda: seq(x1), min_time, threads) * 1e6 - 2 * invoke)
+    overheads: dict[str, float] = {}
+    efficiency: dict[str, float] = {}
+    mem = _measure(_memory_benches(quick), min_time, threads)
+    for kind in ("view", "activation", "add", "batch_norm", "pool", "elementwise"):
+        prof = _with_overheads(profile, eng, overheads, efficiency, invoke, container)
+        data = [(tr, t) for b, tr, t in mem if b.kind == kind]
+        if kind == "view":
+            overheads[kind] = round(statistics.median(t for _, t in data), 2)
+            continue
+        e, o, _ = _fit_class(prof, kind, data)
+        efficiency[kind], overheads[kind] = round(e, 3), round(o, 2)
+    say("compute efficiencies")
+    comp = _measure(_compute_benches(quick, seed), min_time, threads)
+    best: tuple[float, dict[str, tuple[float, float]], tuple[float, float]] | None = None
+    for ch_half in (0.0, 4.0, 8.0, 16.0, 32.0):
+        for px_half in (0.0, 8.0, 32.0, 128.0):
+            small = SmallLayer(ch_half, px_half)
+            prof = _with_overheads(
+                profile, replace(eng, small_layer=small), overheads, efficiency, invoke, container
+            )
+            score = 0.0
+            params: dict[str, tuple[float, float]] = {}
+            for kind in COMPUTE_KINDS:
+                data = [(tr, t) for b, tr, t in comp if b.kind == kind]
+                e, o, err = _fit_class(prof, kind, data)
+                params[kind] = (e, o)
+                score += err
+            if best is None or score < best[0]:
+                best = (score, params, (ch_half, px_half))
+    assert best is not None
+    _, params, (ch_half, px_half) = best
+    overheads.update({k: round(o, 2) for k, (e, o) in params.items()})
+    efficiency.update({k: round(e, 3) for k, (e, o) in params.items()})
+    final_eng = replace(eng, small_layer=SmallLayer(ch_half, px_half))
+    final = _with_overheads(profile, final_eng, overheads, efficiency, invoke, container)
+    measurements = []
+    for b, tr, t in [*mem, *comp]:
+        # A lone leaf module: its call cost is inside the fitted op overhead, no invoke term.
+        est = sum(r.time_us for r in _predict(tr, final))
+        measurements.append(Measurement(b.name, b.kind, round(t, 2), round(est, 2)))
+    return final, measurements
+
+
+def _with_overheads(
+    profile: DeviceProfile,
+    eng: Engine,
+    overheads: dict[str, float],
+    efficiency: dict[str, float],
+    invoke: float,
+    container: float,
+) -> DeviceProfile:
+    kinds = ("conv", "pointwise", "depthwise", "fc", "batch_norm", "activation", "add",
+             "elementwise", "pool", "view")  # fmt: skip
+    over = KernelOverhead(*(overheads.get(k, 0.0) for k in kinds))
+    eff = Efficiency(*(efficiency.get(f.name, 1.0) for f in fields(Efficiency)))
+    new = replace(
+        eng,
+        efficiency=eff,
+        kernel_overhead_us=over,
+        invoke_overhead_us=round(invoke, 2),
+        container_overhead_us=round(container, 2),
+    )
+    return replace(profile, engines=(new,))
+
+
+def _fit_class(
+    profile: DeviceProfile, kind: str, data: list[tuple[Trace, float]]
+) -> tuple[float, float, float]:
+    """(efficiency, overhead_us, mean squared log error) of one compute class."""
+    if not data:
+        return 1.0, 0.0, 0.0
+    eng = profile.engines[0]
+    unit_eff = replace(eng.efficiency, **{kind: 1.0})
+    unit = replace(profile, engines=(replace(eng, efficiency=unit_eff),))
+    rows = []
+    for tr, t in data:
+        pred = _predict(tr, unit)
+        compute = sum(r.compute_us for r in pred if r.kind == kind)
+        memory = sum(r.memory_us for r in pred if r.kind == kind)
+        others = sum(r.time_us for r in pred if r.kind != kind)
+        rows.append((compute, memory, max(t - others, 1e-3)))
+    memory_bound = kind not in COMPUTE_KINDS
+    best = (1.0, 0.0, math.inf)
+    for i in range(80):
+        e = 0.005 * 1.09**i  # 0.005 .. ~4.5
+        busy = [m / e if memory_bound else max(c / e, m) for c, m, _ in rows]
+        w = [1 / y**2 for _, _, y in rows]
+        o = sum(wi * (y - b) for wi, b, (_, _, y) in zip(w, busy, rows, strict=True)) / sum(w)
+        o = max(o, 0.0)
+        err = sum(
+            math.log((o + b) / y) ** 2 for b, (_, _, y) in zip(busy, rows, strict=True)
+        ) / len(rows)
+        if err < best[2]:
+            best = (e, o, err)
+    return best

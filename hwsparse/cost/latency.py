@@ -1,0 +1,321 @@
+"""Latency estimate: a per-op roofline with per-class efficiencies and fixed overheads.
+
+For every op of :func:`hwsparse.cost.dataflow.trace` on one engine of a profile:
+
+    t_op = max(t_compute, t_memory) + kernel_overhead_us[kind]          (microseconds)
+    t_compute = 2 x MACs_run / (peak x efficiency[kind] x small-layer factor)  (conv, fc kinds)
+    t_memory  = bytes / (bandwidth x efficiency[kind] for memory-bound kinds, else bandwidth),
+                bandwidth of the fastest memory level whose size holds the op's working set
+    latency   = sum(t_op) + invoke_overhead_us
+
+- ``MACs_run``: the multiply-adds of the channel-compacted op (channel pruning always runs
+  compacted when ``sparsity.channel_pruning``), output channels rounded up to
+  ``channel_alignment`` (widths off the SIMD multiple cost as much as the next multiple), then
+  divided by the sparse speed-up only where the runtime exploits the pattern: unstructured
+  sparsity for ``eligible_ops`` at or above ``min_sparsity`` (the profile's speed-up curve,
+  linearly interpolated), or N:M when every row of the layer's mask satisfies the pattern.
+- ``bytes``: activations read and written (live channels only) plus weights, in the estimate's
+  dtype (weights of exploited unstructured layers in CSR-16 size).
+- Batch-norm, activations and binary adds are separate memory-bound passes unless the engine
+  lists them in ``fused_ops``; views cost only ``kernel_overhead_us.view``.
+
+The band is ``[t / (1 + u), t x (1 + u)]`` with ``u = engine.uncertainty_pct / 100``. A number
+the estimate needs but the profile leaves null (a peak, an efficiency, an overhead, every
+bandwidth) makes the latency unknown (None) with the reason in ``notes``; it is never guessed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from hwsparse.cost.dataflow import COMPUTE_KINDS, Op, Trace
+from hwsparse.cost.memory import DTYPE_BYTES
+from hwsparse.cost.profiles import DeviceProfile, Engine
+
+# ATen ops that run no kernel of their own (allocation, autograd bookkeeping).
+_FREE = {"empty", "empty_like", "empty_strided", "detach", "alias", "lift_fresh"}
+
+
+@dataclass(frozen=True)
+class OpLatency:
+    """Estimated time of one op, microseconds.
+
+    Attributes:
+        index: op index in the trace.
+        module: module that ran it.
+        kind: op kind (profile class).
+        aten: ATen op name.
+        time_us: total time of the op.
+        compute_us: compute term (0 for memory-only ops).
+        memory_us: memory term.
+        overhead_us: fixed per-op cost.
+        bound: ``compute``, ``memory``, ``overhead`` (fixed cost dominates) or ``fused``.
+        macs: multiply-adds executed (compacted, aligned, before the sparse speed-up).
+        bytes: bytes moved.
+        speedup: sparse speed-up applied (1.0 when none).
+    """
+
+    index: int
+    module: str
+    kind: str
+    aten: str
+    time_us: float
+    compute_us: float
+    memory_us: float
+    overhead_us: float
+    bound: str
+    macs: int
+    bytes: int
+    speedup: float
+
+
+@dataclass(frozen=True)
+class LatencyEstimate:
+    """Result of :func:`estimate_latency`.
+
+    Attributes:
+        latency_ms: point estimate, milliseconds (None when the profile lacks a needed number).
+        latency_ms_low, latency_ms_high: uncertainty band, milliseconds.
+        uncertainty_pct: the engine's stated band.
+        engine, runtime, dtype, threads: what the estimate is for.
+        invoke_overhead_us: fixed per-inference part (incl. container module calls).
+        ops: per-op rows in execution order.
+        notes: what was unknown or assumed.
+    """
+
+    latency_ms: float | None
+    latency_ms_low: float | None
+    latency_ms_high: float | None
+    uncertainty_pct: float
+    engine: str
+    runtime: str
+    dtype: str
+    threads: int
+    invoke_overhead_us: float
+    ops: tuple[OpLatency, ...]
+    notes: tuple[str, ...]
+
+
+class _Unknown(Exception):
+    """A number the estimate needs is null in the profile."""
+
+
+def interpolate(curve: tuple[tuple[float, float], ...], x: float) -> float:
+    """Piecewise-linear interpolation of ``[[x, y], ...]``, clamped at both ends."""
+    if not curve:
+        return 1.0
+    if x <= curve[0][0]:
+        return curve[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(curve):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return curve[-1][1]
+
+
+def satisfies_nm(mask: Tensor, n: int, m: int) -> bool:
+    """True when every group of ``m`` consecutive weights in each output row keeps <= ``n``."""
+    rows = mask.reshape(mask.shape[0], -1)
+    cols = rows.shape[1]
+    if cols % m:
+        return False
+    return bool(((rows != 0).reshape(rows.shape[0], cols // m, m).sum(dim=-1) <= n).all())
+
+
+def small_layer_factor(engine: Engine, channels: int, pixels: int) -> float:
+    """Efficiency factor of a conv-type op with ``channels`` outputs over ``pixels`` positions."""
+    small = engine.small_layer
+    factor = 1.0
+    if small.channels_half > 0:
+        factor *= channels / (channels + small.channels_half) if channels else 1.0
+    if small.pixels_half > 0:
+        factor *= pixels / (pixels + small.pixels_half) if pixels else 1.0
+    return factor
+
+
+def _need(value: float | None, what: str) -> float:
+    if value is None:
+        raise _Unknown(what)
+    return value
+
+
+def _bandwidth(profile: DeviceProfile, working_set: int) -> tuple[float, str | None]:
+    """Achievable bandwidth (bytes/us) of the fastest level holding ``working_set`` bytes."""
+    levels = profile.memory.levels
+    for i, lvl in enumerate(levels):
+        last = i == len(levels) - 1
+        if last or (lvl.size_bytes is not None and working_set <= lvl.size_bytes):
+            if lvl.bandwidth_gbps is not None:
+                return lvl.bandwidth_gbps * 1e3, None
+            if lvl.bandwidth_gbps_peak is not None:
+                return lvl.bandwidth_gbps_peak * 1e3, (
+                    f"memory level {lvl.name}: achievable bandwidth unknown, used the spec peak"
+                    " (optimistic)"
+                )
+            if last:
+                raise _Unknown(f"memory level {lvl.name} bandwidth")
+    raise _Unknown("memory bandwidth")  # pragma: no cover - loop always returns on last level
+
+
+def _aligned(count: int, align: int) -> int:
+    return int(math.ceil(count / align) * align) if count else 0
+
+
+def _sparse_speedup(
+    op: Op,
+    engine: Engine,
+    masks: Mapping[str, Tensor],
+    nm_cache: dict[str, bool],
+) -> float:
+    sp = engine.sparsity
+    if op.live_macs == 0:
+        return 1.0
+    if sp.unstructured.exploited and op.kind in sp.unstructured.eligible_ops:
+        sparsity = 1.0 - op.kept_macs / op.live_macs
+        threshold = sp.unstructured.min_sparsity or 0.0
+        if sparsity >= threshold and sparsity > 0:
+            return max(interpolate(sp.unstructured.speedup_curve, sparsity), 1e-6)
+    semi = sp.semi_structured
+    if semi.pattern and semi.speedup and op.kind in semi.eligible_ops and op.module in masks:
+        if op.module not in nm_cache:
+            n, m = (int(v) for v in re.split(":", semi.pattern))
+            nm_cache[op.module] = satisfies_nm(masks[op.module], n, m)
+        if nm_cache[op.module]:
+            return semi.speedup
+    return 1.0
+
+
+def _op_latency(
+    op: Op,
+    profile: DeviceProfile,
+    engine: Engine,
+    dtype: str,
+    masks: Mapping[str, Tensor],
+    nm_cache: dict[str, bool],
+    notes: set[str],
+) -> OpLatency:
+    kind = op.kind
+    act = DTYPE_BYTES[dtype]
+    if op.aten.rstrip("_") in _FREE:
+        return OpLatency(
+            op.index, op.module, kind, op.aten, 0.0, 0.0, 0.0, 0.0, "fused", 0, 0, 1.0
+        )
+    if kind in engine.fused_ops:
+        return OpLatency(
+            op.index, op.module, kind, op.aten, 0.0, 0.0, 0.0, 0.0, "fused", 0, 0, 1.0
+        )
+    overhead = _need(getattr(engine.kernel_overhead_us, kind), f"kernel_overhead_us.{kind}")
+    compacted = engine.sparsity.channel_pruning
+    in_elems = op.live_in_elems if compacted else op.in_elems
+    out_elems = op.live_out_elems if compacted else op.out_elems
+    if kind == "view":
+        return OpLatency(
+            op.index, op.module, kind, op.aten, overhead, 0.0, 0.0, overhead, "overhead", 0, 0, 1.0
+        )
+    compute = 0.0
+    macs = 0
+    speedup = 1.0
+    weight_bytes = 0
+    if kind in COMPUTE_KINDS:
+        peak = _need(engine.peak.for_dtype(dtype), f"peak for {dtype}")
+        eff = _need(getattr(engine.efficiency, kind), f"efficiency.{kind}")
+        base = op.live_macs if compacted else op.macs
+        c_out = op.live_c_out if compacted else op.c_out
+        macs = base * _aligned(c_out, engine.channel_alignment) // c_out if c_out else base
+        if kind != "fc":
+            eff *= small_layer_factor(engine, c_out, op.out_pixels)
+        speedup = _sparse_speedup(op, engine, masks, nm_cache)
+        compute = 2.0 * macs / (peak * 1e3 * eff) / speedup
+        weights = op.live_weight_elems if compacted else op.weight_elems
+        weight_bytes = weights * act
+        if speedup > 1.0 and weights:  # sparse storage: nnz values + 16-bit indices
+            kept = round(weights * op.kept_macs / max(op.live_macs, 1))
+            weight_bytes = kept * (act + 2)
+    moved = (in_elems + out_elems) * act + weight_bytes
+    bandwidth, note = _bandwidth(profile, moved)
+    if note:
+        notes.add(note)
+    if kind not in COMPUTE_KINDS:
+        bandwidth *= _need(getattr(engine.efficiency, kind), f"efficiency.{kind}")
+    memory = moved / bandwidth
+    busy = max(compute, memory)
+    if overhead >= busy:
+        bound = "overhead"
+    else:
+        bound = "compute" if compute >= memory else "memory"
+    return OpLatency(
+        op.index,
+        op.module,
+        kind,
+        op.aten,
+        busy + overhead,
+        compute,
+        memory,
+        overhead,
+        bound,
+        macs,
+        moved,
+        speedup,
+    )
+
+
+def estimate_latency(
+    trace: Trace,
+    profile: DeviceProfile,
+    engine: str | None = None,
+    dtype: str | None = None,
+    masks: Mapping[str, Tensor] | None = None,
+) -> LatencyEstimate:
+    """Estimate batch-1 latency of a traced (masked) network on one engine of a profile.
+
+    Args:
+        trace: :func:`hwsparse.cost.dataflow.trace` of the model with its masks.
+        profile: the device profile.
+        engine: engine name (default: the profile's first engine).
+        dtype: ``fp32``/``fp16``/``int8`` (default: the dtype the engine's runtime uses).
+        masks: the validated masks (name -> keep tensor), needed for N:M pattern checks.
+
+    Returns:
+        A :class:`LatencyEstimate`; ``latency_ms`` is None (and ``notes`` says why) when the
+        profile leaves a needed number unknown.
+    """
+    eng = profile.engine(engine)
+    dt = dtype or eng.dtype
+    notes: set[str] = set()
+    if dt != eng.dtype:
+        notes.add(
+            f"efficiencies were measured for {eng.dtype} on {eng.runtime}; applied to {dt} as is"
+        )
+    rows: list[OpLatency] = []
+    nm_cache: dict[str, bool] = {}
+    try:
+        for op in trace.ops:
+            rows.append(_op_latency(op, profile, eng, dt, masks or {}, nm_cache, notes))
+        invoke = _need(eng.invoke_overhead_us, "invoke_overhead_us")
+        invoke += trace.container_calls * _need(eng.container_overhead_us, "container_overhead_us")
+    except _Unknown as exc:
+        notes.add(f"latency unknown: engine {eng.name!r} of {profile.id!r} has no {exc.args[0]}")
+        return LatencyEstimate(
+            None, None, None, eng.uncertainty_pct, eng.name, eng.runtime, dt, eng.threads,
+            0.0, tuple(rows), tuple(sorted(notes)),
+        )  # fmt: skip
+    total_ms = (sum(r.time_us for r in rows) + invoke) / 1e3
+    band = 1.0 + eng.uncertainty_pct / 100.0
+    return LatencyEstimate(
+        latency_ms=total_ms,
+        latency_ms_low=total_ms / band,
+        latency_ms_high=total_ms * band,
+        uncertainty_pct=eng.uncertainty_pct,
+        engine=eng.name,
+        runtime=eng.runtime,
+        dtype=dt,
+        threads=eng.threads,
+        invoke_overhead_us=invoke,
+        ops=tuple(rows),
+        notes=tuple(sorted(notes)),
+    )
