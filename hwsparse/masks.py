@@ -11,7 +11,8 @@ Conventions:
   binary; the forward pass multiplies by ``m / m_0`` (m_0 = sigmoid(s_0 / T_0)) so the network
   starts from its unmasked function.
 - Granularity ``weight``: one entry per weight (unstructured). ``channel``: one entry per output
-  channel of a conv (a filter) or per output neuron of a linear layer.
+  channel of a conv (a filter) or per output neuron of a linear layer; the output layer is
+  then never masked (its output channels are the classes).
 - A *binary* mask (``Masks``) maps a layer's qualified name (as in ``named_modules()``) to a 0/1
   float tensor of the weight's own shape; channel masks are expanded to that shape.
 - Density is kept weights / all weights, counted over the weights of every Conv/Linear layer
@@ -130,9 +131,9 @@ class FixedMask(nn.Module):
 def attach_relaxed(model: nn.Module, config: MaskConfig) -> dict[str, RelaxedMask]:
     """Attach a trainable relaxed mask to every chosen layer; returns them by layer name."""
     out: dict[str, RelaxedMask] = {}
-    for name, layer in prunable_layers(
-        model, mask_first=config.mask_first, mask_last=config.mask_last
-    ):
+    # A channel of the output layer is a class: channel masks never touch that layer.
+    mask_last = config.mask_last and config.granularity != "channel"
+    for name, layer in prunable_layers(model, mask_first=config.mask_first, mask_last=mask_last):
         mask = RelaxedMask(raw_weight(layer), config)
         parametrize.register_parametrization(layer, "weight", mask)
         out[name] = mask
@@ -217,18 +218,23 @@ def binarize(model: nn.Module, *, threshold: float = 0.5, density: float | None 
         }
     scores = {name: m.soft().detach() for name, m in relaxed.items()}
     magnitudes = {
-        name: _group_magnitude(raw_weight(modules[name]).detach(), scores[name].shape)
+        name: magnitude_tiebreak(raw_weight(modules[name]).detach(), scores[name].shape)
         for name in relaxed
     }
     keep = top_k_masks(model, scores, magnitudes, density, drop_zeros=True)
     return keep
 
 
-def _group_magnitude(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """|w| per mask entry: the weight's magnitude, or a channel's mean |w|."""
-    if tuple(shape) == tuple(weight.shape):
-        return weight.abs()
-    return weight.abs().flatten(1).mean(1).view(shape)
+def magnitude_tiebreak(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """|w| per mask entry (a channel's mean |w|), divided by the layer's mean |w|.
+
+    Relative to its own layer, so a tie between layers is not decided by their init scales
+    (a wide layer's weights are smaller, and would otherwise lose every tie).
+    """
+    magnitude = weight.abs()
+    if tuple(shape) != tuple(weight.shape):
+        magnitude = magnitude.flatten(1).mean(1).view(shape)
+    return magnitude / magnitude.mean().clamp_min(1e-12)
 
 
 def _expand(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -248,6 +254,11 @@ def top_k_masks(
     ``scores`` are mask-shaped (weight- or channel-shaped) per layer; each entry stands for the
     weights it covers. ``density`` is over all Conv/Linear weights; layers not in ``scores`` are
     kept whole. Raises InputError when the unmasked layers alone exceed the density.
+
+    Layer-collapse guard: every layer first keeps its own best entries worth
+    ``1 / (4 x layers)`` of the budget (at least one entry), so a global ranking can never
+    empty a layer and disconnect the network (seen at 1 % density without it). With
+    ``drop_zeros`` only entries with a positive score count, for the guard too.
     """
     check_density(density)
     counts = _weight_counts(model)
@@ -268,9 +279,12 @@ def top_k_masks(
             for n in names
         ]
     )
-    # Lexicographic order: by score, ties by magnitude (stable sorts, secondary key first).
+    # Lexicographic order: guarded first, then by score, ties by magnitude (stable sorts,
+    # least significant key first).
+    guarded = _layer_floor(scores, tiebreak, counts, budget, drop_zeros)
     order = torch.sort(flat_tie, descending=True, stable=True).indices
     order = order[torch.sort(flat_score[order], descending=True, stable=True).indices]
+    order = order[torch.sort(guarded[order].int(), descending=True, stable=True).indices]
     cum = torch.cumsum(per_entry[order], 0)
     n_keep = int(torch.searchsorted(cum, torch.tensor(budget), right=True))
     kept = torch.zeros(flat_score.numel(), dtype=torch.bool)
@@ -287,6 +301,30 @@ def top_k_masks(
         out[n] = _expand(mask.to(weight.device), weight)
         offset += k
     return out
+
+
+def _layer_floor(
+    scores: dict[str, torch.Tensor],
+    tiebreak: dict[str, torch.Tensor],
+    counts: dict[str, int],
+    budget: int,
+    drop_zeros: bool,
+) -> torch.Tensor:
+    """Flat bool over all entries: each layer's best entries that the guard always keeps."""
+    floor_weights = budget / (4 * len(scores))
+    parts = []
+    for n, s in scores.items():
+        flat, tie = s.flatten().float().cpu(), tiebreak[n].flatten().float().cpu()
+        per_entry = counts[n] // s.numel()
+        take = min(s.numel(), max(1, math.floor(floor_weights / per_entry)))
+        order = torch.sort(tie, descending=True, stable=True).indices
+        order = order[torch.sort(flat[order], descending=True, stable=True).indices][:take]
+        guard = torch.zeros(s.numel(), dtype=torch.bool)
+        guard[order] = True
+        if drop_zeros:
+            guard &= flat > 0
+        parts.append(guard)
+    return torch.cat(parts)
 
 
 def check_density(density: float) -> float:

@@ -108,37 +108,46 @@ def _ms(row: dict[str, Any]) -> str:
     return f"{lat:.3g}{band}"
 
 
-def _fits(row: dict[str, Any]) -> str:
+def _fits(row: dict[str, Any], short: bool = False) -> str:
     fits = row.get("fits_budget")
     if fits is None:
         return "—"
     if fits:
         return "[green]yes[/green]"
     worst = max((row.get("violations") or {"?": 0.0}).items(), key=lambda kv: kv[1])
+    if short:
+        return "[red]no[/red]"
     return f"[red]no[/red] ({worst[0]} +{100 * worst[1]:.0f} %)"
 
 
+_STATE = {"COMPLETE": "done", "PRUNED": "pruned", "FAIL": "fail", "RUNNING": "run",
+          "WAITING": "queued"}  # fmt: skip
+
+
 def trials_table(study: optuna.Study, limit: int | None = None) -> Table:
+    """Trials, one row each (validation accuracy; latency is the target profile's estimate)."""
     t = Table(title=f"Trials of {study.study_name}", title_justify="left")
-    for col in ("#", "state", "penalty", "gran.", "density", "val acc %", "latency ms [band]",
-                "MFLOPs", "weights KiB", "fits"):  # fmt: skip
+    cols = ("#", "state", "penalty", "gran", "density", "val %", "lat ms", "kFLOP", "KiB", "fits")
+    for col in cols:
         t.add_column(
-            col, justify="left" if col in ("state", "penalty", "gran.", "fits") else "right"
+            col, justify="left" if col in ("state", "penalty", "gran", "fits") else "right"
         )
     trials = study.get_trials(deepcopy=False)
     for tr in trials[-limit:] if limit else trials:
         r = trial_row(tr)
+        done = r["state"] == "COMPLETE"
+        lat = r["latency_ms"]
         t.add_row(
             str(r["trial"]),
-            r["state"].lower(),
+            _STATE.get(r["state"], r["state"].lower()),
             str(tr.params.get("penalty", "")),
-            str(tr.params.get("granularity", "")),
-            "—" if r["density"] is None else f"{r['density']:.4f}",
+            str(tr.params.get("granularity", ""))[:2],
+            "—" if r["density"] is None else f"{r['density']:.3g}",
             _pct(r["val_accuracy"]),
-            _ms(r) if r["state"] == "COMPLETE" else "—",
-            "—" if r["flops"] is None else f"{r['flops'] / 1e6:.4g}",
-            "—" if r["weight_bytes"] is None else f"{r['weight_bytes'] / 1024:.1f}",
-            _fits(r) if r["state"] == "COMPLETE" else "—",
+            f"{lat:.3g}" if done and lat is not None else "—",
+            "—" if r["flops"] is None else f"{r['flops'] / 1e3:.4g}",
+            "—" if r["weight_bytes"] is None else f"{r['weight_bytes'] / 1024:.3g}",
+            _fits(r, short=True) if done else "—",
         )
     return t
 
@@ -161,7 +170,7 @@ def pick_table(info: dict[str, Any]) -> Table:
     if picked:
         t.add_row("test accuracy (evaluated once)", f"{_pct(row.get('test_accuracy'))} %")
     t.add_row("density", f"{row['density']:.4f}")
-    t.add_row("latency ms (estimate [band])", _ms(row))
+    t.add_row("latency ms (estimate \\[band])", _ms(row))
     t.add_row("FLOPs (1 MAC = 1 flop)", f"{row['flops']:,}")
     t.add_row("weights", f"{row['weight_bytes'] / 1024:.1f} KiB")
     t.add_row("peak activations", f"{row['peak_activation_bytes'] / 1024:.1f} KiB")

@@ -28,13 +28,13 @@ evaluated once on the test split and that number is stored with the study.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import socket
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -239,9 +239,10 @@ def configs(
 # --- the objective -------------------------------------------------------------------------------
 
 
-def _plain_copy(model: nn.Module) -> nn.Module:
-    plain = copy.deepcopy(model).cpu()
-    M.detach_masks(plain, bake=False)
+def _plain_copy(model: nn.Module, factory: Callable[[], nn.Module]) -> nn.Module:
+    """A bare copy of a masked model (a deepcopy would share torch's parametrized classes)."""
+    plain = factory()
+    plain.load_state_dict({k: v.cpu() for k, v in T.weight_state(model).items()})
     return plain.eval()
 
 
@@ -269,24 +270,33 @@ class BudgetCutter:
     STEPS = 7  # bisection steps on the density (each is one cost estimate)
     MIN_FRACTION = 0.01  # never cut below 1 % of the candidate's own density
 
-    def __init__(self, profile: DeviceProfile, budget: Budget, input_shape: tuple[int, ...]):
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        budget: Budget,
+        input_shape: tuple[int, ...],
+        factory: Callable[[], nn.Module],
+    ) -> None:
         self.profile, self.budget, self.input_shape = profile, budget, input_shape
+        self.factory = factory
         self.cut = _Cut()
 
-    def __call__(self, model: nn.Module, masks: M.Masks) -> M.Masks:
-        plain = _plain_copy(model)
+    def __call__(self, model: nn.Module, given: M.Masks) -> M.Masks:
+        device = next(iter(given.values())).device
+        masks = {k: v.cpu() for k, v in given.items()}
+        plain = _plain_copy(model, self.factory)
         report = estimate(plain, self.input_shape, self.profile, masks)
         self.cut.evaluations += 1
         violations = self.budget.violations(report)
         if all(v <= 0 for v in violations.values()):
-            return masks
+            return given
         relaxed = M.relaxed_masks(model)
         weigh = {"latency_ms", "mflops"} & {k for k, v in violations.items() if v > 0}
         cost = _cost_weights(plain, report, masks) if weigh else dict.fromkeys(masks, 1.0)
         modules = dict(model.named_modules())
         scores = {n: r.soft().detach().cpu() / cost[n] for n, r in relaxed.items()}
         tie = {
-            n: M._group_magnitude(M.raw_weight(modules[n]).detach().cpu(), scores[n].shape)
+            n: M.magnitude_tiebreak(M.raw_weight(modules[n]).detach().cpu(), scores[n].shape)
             for n in relaxed
         }
         start = M.global_density(plain, masks)
@@ -308,7 +318,7 @@ class BudgetCutter:
             else:
                 hi = mid
         self.cut.to_density = M.global_density(plain, best)
-        return {k: v.to(masks[k].device) for k, v in best.items()}
+        return {k: v.to(device) for k, v in best.items()}
 
     def _fits(self, plain: nn.Module, masks: M.Masks) -> bool:
         self.cut.evaluations += 1
@@ -353,7 +363,9 @@ class Objective:
         trial.set_user_attr("heartbeat", time.time())
         values = suggest(trial, self.space)
         ticket_cfg, train_cfg = configs(values, self.config.seed + trial.number, self.device)
-        cutter = BudgetCutter(self.profile, self.config.budget, self.data.input_shape)
+        cutter = BudgetCutter(
+            self.profile, self.config.budget, self.data.input_shape, self.factory
+        )
         curve: list[float] = []
         try:
             result = T.run_ticket(
@@ -620,8 +632,9 @@ def run_search(
         study.set_user_attr("artifacts", str(storage.artifacts))
         study.set_user_attr("input_shape", list(data.input_shape))
         study.set_user_attr("dense", {"flops": report.flops, "latency_ms": report.latency_ms})
-        if len(study.directions) == 1 and len(directions) == 1:
-            study.set_metric_names(metrics)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metrics)  # shown by optuna-dashboard and the optuna CLI
     retried = recover_interrupted(study)
     # Samplers are not stored: rebuild one, seeded by how far the study is, so a resumed run
     # or a second worker does not replay the first one's startup trials.

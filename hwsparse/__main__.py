@@ -1,0 +1,3 @@
+from hwsparse.cli import main
+
+main()
