@@ -6,6 +6,7 @@ Plain data in, plain data or rich tables out; the CLI decides where they are pri
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -192,10 +193,10 @@ def plot_study(study: optuna.Study, path: str | Path) -> Path:
     budget = config.get("budget", {})
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     use_latency = all(t.user_attrs.get("latency_ms") is not None for t in done) and done
-    key, label, limit = (
-        ("latency_ms", "estimated latency (ms)", budget.get("latency_ms"))
+    key, label, unit, limit = (
+        ("latency_ms", "estimated latency on the target (ms)", "ms", budget.get("latency_ms"))
         if use_latency
-        else ("flops", "MFLOPs (1 multiply-add = 1 flop)", budget.get("mflops"))
+        else ("flops", "MFLOPs (1 multiply-add = 1 flop)", "MFLOPs", budget.get("mflops"))
     )
     scale = 1.0 if key == "latency_ms" else 1e-6
 
@@ -215,7 +216,7 @@ def plot_study(study: optuna.Study, path: str | Path) -> Path:
         f = sorted(front, key=lambda t: float(t.user_attrs[key]))
         ax.plot(xs(f), ys(f), c="tab:blue", lw=1, alpha=0.6, label="Pareto front (feasible)")
     if limit is not None:
-        ax.axvline(limit, c="tab:red", ls="--", lw=1, label=f"budget {limit:g}")
+        ax.axvline(limit, c="tab:red", ls="--", lw=1, label=f"budget {limit:g} {unit}")
     chosen = pick(study)
     if chosen is not None:
         ax.scatter(xs([chosen]), ys([chosen]), marker="*", s=260, c="gold", edgecolors="black",
@@ -238,12 +239,15 @@ def plot_study(study: optuna.Study, path: str | Path) -> Path:
 
 def _importance_panel(study: optuna.Study, ax: Any) -> None:
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    ax.set_title("importance for validation accuracy (PED-ANOVA)")
+    ax.set_title(f"importance for validation accuracy (PED-ANOVA, {len(done)} trials)")
     try:
-        # lower is better for the evaluator's target, so negate the accuracy
-        imp = optuna.importance.get_param_importances(
-            study, target=lambda t: -float(t.user_attrs.get("val_accuracy", 0.0))
-        )
+        with warnings.catch_warnings():
+            # the evaluator warns that it ranks for low targets: we negate accuracy for that,
+            # and that few trials make importances rough (the panel title says so)
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(
+                study, target=lambda t: -float(t.user_attrs.get("val_accuracy", 0.0))
+            )
     except (RuntimeError, ValueError, ZeroDivisionError):
         imp = {}
     if len(done) < 4 or not imp:

@@ -301,9 +301,13 @@ class BudgetCutter:
         }
         start = M.global_density(plain, masks)
         self.cut.from_density = start
-        lo, hi = start * self.MIN_FRACTION, start  # lo: assumed to fit (checked below)
+        # the least density top-k can reach: unmasked layers stay whole, plus one weight
+        rows = M.layer_densities(plain, masks)
+        total = sum(r.total for r in rows)
+        floor = (sum(r.total for r in rows if r.name not in masks) + 1) / total
+        lo, hi = max(start * self.MIN_FRACTION, floor), start  # lo: must fit (checked below)
         best: M.Masks | None = None
-        candidate = M.top_k_masks(plain, scores, tie, lo, drop_zeros=True)
+        candidate = M.top_k_masks(plain, scores, tie, lo, drop_zeros=True) if lo < hi else masks
         if not self._fits(plain, candidate):
             raise T.SkipTicket(
                 f"does not fit the budget even at density {lo:.5f} "
@@ -379,6 +383,9 @@ class Objective:
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
+        except InputError as exc:  # a combination of the space this model cannot take
+            trial.set_user_attr("message", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
         trial.set_user_attr("val_curve", curve)
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
@@ -554,7 +561,9 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
         if t.state == TrialState.RUNNING:
             worker = str(t.user_attrs.get("worker", ""))
             w_host, _, pid = worker.rpartition(":")
-            beat = float(t.user_attrs.get("heartbeat", 0.0))
+            # a trial that has not reached our objective yet has no heartbeat: use its start
+            started = t.datetime_start.timestamp() if t.datetime_start else time.time()
+            beat = float(t.user_attrs.get("heartbeat", started))
             if w_host == host and pid.isdigit():
                 dead = not _alive(int(pid))
             else:

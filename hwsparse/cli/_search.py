@@ -21,7 +21,7 @@ from hwsparse.space import load_space
 
 # The main job with no options: digits, LeNet-300-100, a Cortex-M4 microcontroller.
 DEFAULT_TARGET = "nrf52840"
-DEFAULT_BUDGET = Budget(latency_ms=20.0, weight_kb=16.0)
+DEFAULT_BUDGET = Budget(latency_ms=1.0, weight_kb=16.0)
 
 Study = Annotated[str, typer.Option(help="Study name; the same name resumes it.")]
 StorageOpt = Annotated[
@@ -92,7 +92,7 @@ def search_cmd(
 ) -> None:
     """Run or resume a study: the most accurate ticket that fits the device budget.
 
-    With no options: digits, LeNet-300-100 (mlp), an nRF52840 microcontroller, at most 20 ms
+    With no options: digits, LeNet-300-100 (mlp), an nRF52840 microcontroller, at most 1 ms
     and 16 KiB of weights. Run the same command again to resume.
     """
     with user_errors():
