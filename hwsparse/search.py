@@ -612,8 +612,12 @@ def run_search(
     data_dir: str | Path | None = None,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     on_epoch: T.OnEpoch | None = None,
+    sampler: str = "tpe",
 ) -> SearchOutcome:
-    """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s)."""
+    """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s).
+
+    ``sampler`` is ``tpe`` (the default) or ``random`` (a baseline for benchmarks).
+    """
     if trials < 1:
         raise InputError(f"--trials must be >= 1 (got {trials})")
     if timeout is not None and timeout <= 0:
@@ -647,7 +651,15 @@ def run_search(
     retried = recover_interrupted(study)
     # Samplers are not stored: rebuild one, seeded by how far the study is, so a resumed run
     # or a second worker does not replay the first one's startup trials.
-    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
+    # TPE models the space after 5 random trials (Optuna's default is 10: too late for short
+    # studies; benchmarks/search measures the effect).
+    seed = config.seed + len(study.trials)
+    if sampler == "random":
+        study.sampler = optuna.samplers.RandomSampler(seed=seed)
+    elif sampler == "tpe":
+        study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    else:
+        raise InputError(f"unknown sampler {sampler!r}; valid: random, tpe")
     if config.objective == "budget":
         study.pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=PRUNE_WARMUP)
     objective = Objective(config, space, data, profile, storage, device, metrics, on_epoch)

@@ -1,0 +1,155 @@
+"""Does tuning the regularizer with our study pay off under a device budget?
+
+For each (dataset, model, target, budget) case and seed, three studies of N trials each:
+- ``tpe``: hwsparse search as shipped (TPE, median pruner, budget-aware cut), default space;
+- ``random``: the same pipeline and space with Optuna's RandomSampler;
+- ``fixed``: the default regularizer (log penalty, default eps, mask lr, projected masks), only
+  the budget knobs (density, granularity) searched, TPE.
+At each checkpoint (10, 20, 40 trials) the pick among the first k trials (most accurate feasible
+on validation) is evaluated once on test. Also records time per trial split into training and
+cost estimation. Results are appended to a JSONL per finished study (resumable).
+
+    python benchmarks/search/run.py --out benchmarks/search/results.jsonl
+    python benchmarks/search/run.py --report benchmarks/search/results.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from hwsparse import search
+from hwsparse.cost.estimate import Budget
+from hwsparse.data import load_dataset
+from hwsparse.space import load_space, parse_space
+from hwsparse.tickets import load_ticket
+
+CASES = {
+    "digits-nrf52840": ("digits", "mlp", "nrf52840", Budget(latency_ms=1.0, weight_kb=16.0)),
+    "digits-stm32h7": ("digits", "mlp", "stm32h7", Budget(latency_ms=0.1)),
+    "mnist1d-nrf52840": ("mnist1d", "conv1d", "nrf52840", Budget(latency_ms=0.8)),
+    "mnist1d-stm32h7": ("mnist1d", "conv1d", "stm32h7", Budget(latency_ms=0.1)),
+}
+CHECKPOINTS = (10, 20, 40)
+
+
+def fixed_space(epochs: int, lr: float | None) -> search.SearchSpace:
+    data: dict[str, Any] = {
+        "params": {
+            "density": {"low": 0.01, "high": 0.5, "log": True},
+            "granularity": {"choices": ["weight", "channel"]},
+        },
+        "fixed": {"binarize": "density", "search_epochs": epochs, "epochs": epochs},
+    }
+    if lr is not None:
+        data["fixed"]["lr"] = lr
+    return parse_space(data, "fixed")
+
+
+def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Path) -> dict:
+    dataset, model, target, budget = CASES[case]
+    lr = 0.01 if dataset == "mnist1d" else None  # conv1d on MNIST-1D needs lr 1e-2
+    space = search.apply_epochs(load_space("default"), epochs)
+    if lr is not None:
+        space = parse_space({**space.as_dict(), "fixed": {**dict(space.fixed), "lr": lr}}, "d")
+    if method == "fixed":
+        space = fixed_space(epochs, lr)
+    config = search.SearchConfig(dataset=dataset, model=model, target=target, budget=budget,
+                                 space=space.as_dict(), seed=seed)  # fmt: skip
+    storage = search.open_storage(tmp / f"{case}-{method}-{seed}.journal", create=True)
+    name = "bench"
+    sampler = "random" if method == "random" else "tpe"
+    outcome = search.run_search(
+        name, storage, config, space, trials=trials, device="cpu", sampler=sampler
+    )
+    study = outcome.study
+    data = load_dataset(dataset)
+    trials_all = sorted(study.trials, key=lambda t: t.number)
+    row: dict[str, Any] = {"case": case, "method": method, "seed": seed, "trials": trials,
+                           "epochs": epochs}  # fmt: skip
+    for k in CHECKPOINTS:
+        first = [t for t in trials_all[:k] if search.feasible(t)]
+        if not first:
+            row[f"test_at_{k}"] = None
+            continue
+        best = max(first, key=lambda t: t.user_attrs["val_accuracy"])
+        with tempfile.TemporaryDirectory() as d:
+            ticket = load_ticket(search.fetch_ticket(study, best, storage, Path(d)))
+        with torch.no_grad():
+            acc = float((ticket.model(data.x_test).argmax(1) == data.y_test).float().mean())
+        row[f"test_at_{k}"] = acc
+        row[f"val_at_{k}"] = best.user_attrs["val_accuracy"]
+    done = [t for t in trials_all if t.state == optuna.trial.TrialState.COMPLETE]
+    row["train_s_median"] = statistics.median(t.user_attrs["train_seconds"] for t in done)
+    row["cost_s_median"] = statistics.median(t.user_attrs["cost_seconds"] for t in done)
+    row["n_feasible"] = sum(search.feasible(t) for t in trials_all)
+    row["n_pruned"] = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials_all)
+    return row
+
+
+def report(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    lines = ["| case | method | " + " | ".join(f"test @{k}" for k in CHECKPOINTS)
+             + " | feasible | pruned | train s/trial | cost s/trial | seeds |",
+             "|---|---|" + "---|" * (len(CHECKPOINTS) + 5)]  # fmt: skip
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["method"]), []).append(r)
+    for (case, method), rs in sorted(groups.items()):
+        cells = []
+        for k in CHECKPOINTS:
+            vals = [100 * r[f"test_at_{k}"] for r in rs if r.get(f"test_at_{k}") is not None]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.fmean(vals):.2f} ± {sd:.2f} ({len(vals)})" if vals else "—")
+        lines.append(
+            f"| {case} | {method} | " + " | ".join(cells)
+            + f" | {statistics.fmean(r['n_feasible'] for r in rs):.1f}"
+            + f" | {statistics.fmean(r['n_pruned'] for r in rs):.1f}"
+            + f" | {statistics.median(r['train_s_median'] for r in rs):.2f}"
+            + f" | {statistics.median(r['cost_s_median'] for r in rs):.3f} | {len(rs)} |"
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--methods", default="tpe,random,fixed")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--trials", type=int, default=max(CHECKPOINTS))
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--out", default="benchmarks/search/results.jsonl")
+    p.add_argument("--report", metavar="JSONL")
+    args = p.parse_args()
+    if args.report:
+        print(report(Path(args.report)))
+        sys.exit(0)
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    done = set()
+    if out.exists():
+        done = {(r["case"], r["method"], r["seed"]) for r in map(json.loads, out.open())}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in args.cases.split(","):
+            for seed in range(args.seeds):
+                for method in args.methods.split(","):
+                    if (case, method, seed) in done:
+                        continue
+                    row = run_one(case, method, seed, args.trials, args.epochs, Path(tmp))
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
