@@ -321,8 +321,9 @@ def _layer_floor(
         order = order[torch.sort(flat[order], descending=True, stable=True).indices][:take]
         guard = torch.zeros(s.numel(), dtype=torch.bool)
         guard[order] = True
-        if drop_zeros:
-            guard &= flat > 0
+        # never resurrect what was dropped: zeros (with drop_zeros) and negative scores (IMP
+        # marks its already-pruned weights with -1)
+        guard &= (flat > 0) if drop_zeros else (flat >= 0)
         parts.append(guard)
     return torch.cat(parts)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -36,3 +37,25 @@ def user_errors() -> Iterator[None]:
 def print_json(payload: Any) -> None:
     """Print machine-readable output on stdout (and nothing else there)."""
     typer.echo(dumps(payload))
+
+
+# --- options shared by several commands ---------------------------------------------------------
+
+Dataset = Annotated[
+    str,
+    typer.Option(
+        help="digits (embedded default), mnist1d, mnist10k, mnist, fashion-mnist, cifar10, "
+        "or npz:PATH with arrays X, y."
+    ),
+]
+DataDir = Annotated[
+    Path | None, typer.Option(help="Folder with the files of mnist/fashion-mnist/cifar10.")
+]
+Model = Annotated[
+    str,
+    typer.Option(
+        help="linear, mlp, lenet5, conv1d, conv4, resnet20, vgg16, or package.module:function."
+    ),
+]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]

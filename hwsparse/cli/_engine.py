@@ -22,7 +22,17 @@ from rich.table import Table
 from hwsparse import api
 from hwsparse import train as T
 from hwsparse.cli import app
-from hwsparse.cli._common import err, out, print_json, user_errors
+from hwsparse.cli._common import (
+    AsJson,
+    DataDir,
+    Dataset,
+    Device,
+    Model,
+    err,
+    out,
+    print_json,
+    user_errors,
+)
 from hwsparse.errors import InputError
 from hwsparse.masks import MaskConfig, check_density
 
@@ -30,26 +40,8 @@ FLOPS_NOTE = "FLOPs: fvcore count, 1 multiply-add = 1 flop, batch 1, masked weig
 
 # --- shared options ------------------------------------------------------------------------------
 
-Dataset = Annotated[
-    str,
-    typer.Option(
-        help="digits (embedded default), mnist1d, mnist10k, mnist, fashion-mnist, cifar10, "
-        "or npz:PATH with arrays X, y."
-    ),
-]
-DataDir = Annotated[
-    Path | None, typer.Option(help="Folder with the files of mnist/fashion-mnist/cifar10.")
-]
-Model = Annotated[
-    str,
-    typer.Option(
-        help="linear, mlp, lenet5, conv1d, conv4, resnet20, vgg16, or package.module:function."
-    ),
-]
 Epochs = Annotated[int, typer.Option(help="Epochs of one training schedule (the ticket's).")]
 Seed = Annotated[int, typer.Option(help="Seed of initialisation, batches and masks.")]
-Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
 Lr = Annotated[float, typer.Option(help="Adam learning rate of the weights (mnist1d: 0.01).")]
 RewindSteps = Annotated[
     int, typer.Option(help="Optimiser step the ticket's weights rewind to (0 = initial weights).")

@@ -14,7 +14,17 @@ from rich.table import Table
 
 from hwsparse import report, search
 from hwsparse.cli import app
-from hwsparse.cli._common import err, out, print_json, user_errors
+from hwsparse.cli._common import (
+    AsJson,
+    DataDir,
+    Dataset,
+    Device,
+    Model,
+    err,
+    out,
+    print_json,
+    user_errors,
+)
 from hwsparse.cost.estimate import Budget
 from hwsparse.errors import InputError
 from hwsparse.space import load_space
@@ -31,7 +41,6 @@ StorageOpt = Annotated[
         "postgresql+psycopg://... for several machines."
     ),
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
 
 
 def _budget(
@@ -56,9 +65,9 @@ def _budget(
 def search_cmd(
     study: Study = "default",
     storage: StorageOpt = None,
-    dataset: Annotated[str, typer.Option(help="As for `hwsparse ticket`.")] = "digits",
-    data_dir: Annotated[Path | None, typer.Option(help="Folder of file datasets.")] = None,
-    model: Annotated[str, typer.Option(help="As for `hwsparse ticket`.")] = "mlp",
+    dataset: Dataset = "digits",
+    data_dir: DataDir = None,
+    model: Model = "mlp",
     space: Annotated[
         str, typer.Option(help="Search space: default, wide, or a path to a YAML file.")
     ] = "default",
@@ -87,7 +96,7 @@ def search_cmd(
         int | None, typer.Option(help="Fix search phase and ticket schedule to N epochs each.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler and of the trials.")] = 0,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
+    device: Device = "auto",
     as_json: AsJson = False,
 ) -> None:
     """Run or resume a study: the most accurate ticket that fits the device budget.
