@@ -39,7 +39,9 @@ def unit_rows(profile: DeviceProfile, anchor: Anchor) -> tuple[list[OpLatency], 
     if key not in _TRACES:
         _TRACES[key] = trace(work.build(), anchor.input_shape)
     eng = profile.engine(anchor.engine)
-    unit = replace(eng, efficiency=replace(eng.efficiency, conv=1.0, pointwise=1.0, depthwise=1.0, fc=1.0))
+    unit = replace(
+        eng, efficiency=replace(eng.efficiency, conv=1.0, pointwise=1.0, depthwise=1.0, fc=1.0)
+    )
     prof = replace(profile, engines=(unit,))
     est = estimate_latency(_TRACES[key], prof, unit.name, anchor.dtype)  # type: ignore[arg-type]
     return list(est.ops), est.invoke_overhead_us
@@ -73,11 +75,15 @@ def fit(data: list[tuple[list[OpLatency], float, float]], two: bool) -> tuple[fl
 def write(path: Path, engine: str, eff: dict[str, float]) -> None:
     text = path.read_text()
     start = text.index(f"  - name: {engine}\n")
-    match = re.compile(r"efficiency: \{conv: [0-9.]+, pointwise: [0-9.]+, depthwise: [0-9.]+, fc: [0-9.]+,").search(text, start)
+    match = re.compile(
+        r"efficiency: \{conv: [0-9.]+, pointwise: [0-9.]+, depthwise: [0-9.]+, fc: [0-9.]+,"
+    ).search(text, start)
     assert match, f"no efficiency line for {engine} in {path}"
-    new = (f"efficiency: {{conv: {eff['conv']:.3g}, pointwise: {eff['pointwise']:.3g},"
-           f" depthwise: {eff['depthwise']:.3g}, fc: {eff['fc']:.3g},")
-    path.write_text(text[: match.start()] + new + text[match.end():])
+    new = (
+        f"efficiency: {{conv: {eff['conv']:.3g}, pointwise: {eff['pointwise']:.3g},"
+        f" depthwise: {eff['depthwise']:.3g}, fc: {eff['fc']:.3g},"
+    )
+    path.write_text(text[: match.start()] + new + text[match.end() :])
 
 
 def main() -> int:
@@ -101,8 +107,14 @@ def main() -> int:
             two = len(models) >= 2 and any(m.startswith(DEPTHWISE) for m in models)
             a_, b_ = fit(data, two)
             eff = effs(a_, b_)
-            print(f"- engine {eng.name} ({eng.runtime}): fitted " + ", ".join(f"{k} {v:.3g}" for k, v in eff.items()))
-            print("  | model | dtype | published ms | estimate ms | error % | leave-one-out error % |")
+            print(
+                f"- engine {eng.name} ({eng.runtime}): fitted "
+                + ", ".join(f"{k} {v:.3g}" for k, v in eff.items())
+            )
+            print(
+                "  | model | dtype | published ms | estimate ms | error % |"
+                " leave-one-out error % |"
+            )
             print("  |---|---|---|---|---|---|")
             for i, (anchor, (rows, invoke, y)) in enumerate(zip(anchors, data, strict=True)):
                 est = predict(rows, invoke, eff)
@@ -110,10 +122,15 @@ def main() -> int:
                 rest = data[:i] + data[i + 1 :]
                 rest_models = {x.model for j, x in enumerate(anchors) if j != i}
                 if len(rest) >= 2 and anchor.model in rest_models | {anchor.model}:
-                    two_rest = len(rest_models) >= 2 and any(m.startswith(DEPTHWISE) for m in rest_models)
+                    two_rest = len(rest_models) >= 2 and any(
+                        m.startswith(DEPTHWISE) for m in rest_models
+                    )
                     la, lb = fit(rest, two_rest)
                     loo = f"{(predict(rows, invoke, effs(la, lb)) / y - 1) * 100:+.0f}"
-                print(f"  | {anchor.model} | {anchor.dtype} | {y:g} | {est:.1f} | {(est / y - 1) * 100:+.0f} | {loo} |")
+                print(
+                    f"  | {anchor.model} | {anchor.dtype} | {y:g} | {est:.1f} |"
+                    f" {(est / y - 1) * 100:+.0f} | {loo} |"
+                )
             if pid in args.write:
                 write(Path(profile.path or PROFILE_DIR / f"{pid}.yaml"), eng.name, eff)
     return 0

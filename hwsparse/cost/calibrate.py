@@ -95,12 +95,21 @@ class CalibrationResult:
     seconds: float
 
 
-def median_time_s(fn: Callable[[], object], min_run_time_s: float, threads: int = 1) -> float:
-    """Median seconds per call of ``fn`` (3 warm-up calls, then ``blocked_autorange``)."""
+def median_time_s(
+    fn: Callable[[], object], min_run_time_s: float, threads: int = 1, repeats: int = 3
+) -> float:
+    """Seconds per call of ``fn``: the lowest of ``repeats`` medians of ``blocked_autorange``.
+
+    Three warm-up calls first. On a shared machine other processes only ever add time, so the
+    lowest median is the best estimate of an undisturbed run (reference devices.md §6.4).
+    """
     for _ in range(3):
         fn()
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return float(timer.blocked_autorange(min_run_time=min_run_time_s).median)
+    return min(
+        float(timer.blocked_autorange(min_run_time=min_run_time_s / repeats).median)
+        for _ in range(repeats)
+    )
 
 
 def busy_warning(threads: int) -> str | None:
@@ -223,7 +232,7 @@ def _memory_benches(quick: bool) -> list[_Bench]:
             _Bench(f"add {c}x{hw}x{hw}", "add", _Add(), shape),
             _Bench(f"batchnorm {c}x{hw}x{hw}", "batch_norm", nn.BatchNorm2d(c), shape),
             _Bench(f"maxpool {c}x{hw}x{hw}", "pool", nn.MaxPool2d(2), shape),
-            _Bench(f"avgpool-global {c}x{hw}x{hw}", "pool", nn.AdaptiveAvgPool2d(1), shape),
+            _Bench(f"avgpool-global {c}x{hw}x{hw}", "elementwise", nn.AdaptiveAvgPool2d(1), shape),
             _Bench(f"cat {c}x{hw}x{hw}", "elementwise", _Cat(), shape),
         ]
     out.append(_Bench("flatten", "view", nn.Flatten(), (8, 2, 2)))
@@ -284,9 +293,11 @@ def _predict(tr: Trace, profile: DeviceProfile) -> list[OpLatency]:
     return [_op_latency(op, profile, eng, eng.dtype, {}, {}, notes) for op in tr.ops]
 
 
-def _fit_overhead(samples: list[tuple[float, float]]) -> float:
-    """Median of (measured - memory time) over samples, >= 0 (microseconds)."""
-    return max(0.0, statistics.median(m - busy for m, busy in samples))
+FIT_CLASSES = (*COMPUTE_KINDS, "im2col")
+
+
+def _classes(tr: Trace, profile: DeviceProfile) -> set[str]:
+    return {r.kind for r in _predict(tr, profile)}
 
 
 def calibrate(
@@ -317,7 +328,7 @@ def calibrate(
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
-    min_time = 0.002 if quick else 0.1
+    min_time = 0.003 if quick else 0.3
     try:
         with torch.no_grad():
             say("GEMM peak")
@@ -345,7 +356,7 @@ def calibrate(
         ),
     )
     profile = replace(profile, engines=(replace(eng, sparsity=sparsity),))
-    compute = [m for m in measurements if m.kind in COMPUTE_KINDS]
+    compute = [m for m in measurements if m.kind in FIT_CLASSES]
     errors = sorted(abs(m.estimated_us / m.measured_us - 1) * 100 for m in compute)
     median_err = statistics.median(errors) if errors else 0.0
     p90 = errors[min(len(errors) - 1, int(0.9 * len(errors)))] if errors else 0.0
@@ -413,7 +424,7 @@ def _cpu_name() -> str:
 def _initial_profile(
     profile_id: str, name: str | None, threads: int, peak: float, levels: list[MemoryLevel]
 ) -> DeviceProfile:
-    zero = KernelOverhead(*(0.0,) * 10)
+    zero = KernelOverhead(*(0.0,) * 11)
     engine = Engine(
         name="cpu",
         kind="cpu",
@@ -426,13 +437,14 @@ def _initial_profile(
         runtime=f"PyTorch {torch.__version__.split('+')[0]} eager (CPU), {threads} thread(s),"
         " batch 1",
         threads=threads,
-        efficiency=Efficiency(*(1.0,) * 9),
+        efficiency=Efficiency(*(1.0,) * 10),
         kernel_overhead_us=zero,
         invoke_overhead_us=0.0,
         container_overhead_us=0.0,
         small_layer=SmallLayer(0.0, 0.0),
         fused_ops=(),
         channel_alignment=_alignment(),
+        conv_dispatch="pytorch_cpu",
         uncertainty_pct=30.0,
         sparsity=Sparsity(
             weight_formats=("dense",),
@@ -495,10 +507,10 @@ def _fit_ops(
     mem = _measure(_memory_benches(quick), min_time, threads)
     for kind in ("view", "activation", "add", "batch_norm", "pool", "elementwise"):
         prof = _with_overheads(profile, eng, overheads, efficiency, invoke, container)
-        data = [(tr, t) for b, tr, t in mem if b.kind == kind]
-        if kind == "view":
-            overheads[kind] = round(statistics.median(t for _, t in data), 2)
+        if kind == "view":  # a Flatten module: its call plus one view op
+            overheads[kind] = round(statistics.median(t for b, _, t in mem if b.kind == kind), 2)
             continue
+        data = [(tr, t) for b, tr, t in mem if kind in _classes(tr, prof)]
         e, o, _ = _fit_class(prof, kind, data)
         efficiency[kind], overheads[kind] = round(e, 3), round(o, 2)
     say("compute efficiencies")
@@ -512,11 +524,11 @@ def _fit_ops(
             )
             score = 0.0
             params: dict[str, tuple[float, float]] = {}
-            for kind in COMPUTE_KINDS:
-                data = [(tr, t) for b, tr, t in comp if b.kind == kind]
+            for kind in FIT_CLASSES:
+                data = [(tr, t) for b, tr, t in comp if kind in _classes(tr, prof)]
                 e, o, err = _fit_class(prof, kind, data)
                 params[kind] = (e, o)
-                score += err
+                score += err * len(data)
             if best is None or score < best[0]:
                 best = (score, params, (ch_half, px_half))
     assert best is not None
@@ -541,9 +553,7 @@ def _with_overheads(
     invoke: float,
     container: float,
 ) -> DeviceProfile:
-    kinds = ("conv", "pointwise", "depthwise", "fc", "batch_norm", "activation", "add",
-             "elementwise", "pool", "view")  # fmt: skip
-    over = KernelOverhead(*(overheads.get(k, 0.0) for k in kinds))
+    over = KernelOverhead(*(overheads.get(f.name, 0.0) for f in fields(KernelOverhead)))
     eff = Efficiency(*(efficiency.get(f.name, 1.0) for f in fields(Efficiency)))
     new = replace(
         eng,
@@ -571,7 +581,7 @@ def _fit_class(
         memory = sum(r.memory_us for r in pred if r.kind == kind)
         others = sum(r.time_us for r in pred if r.kind != kind)
         rows.append((compute, memory, max(t - others, 1e-3)))
-    memory_bound = kind not in COMPUTE_KINDS
+    memory_bound = kind not in FIT_CLASSES
     best = (1.0, 0.0, math.inf)
     for i in range(80):
         e = 0.005 * 1.09**i  # 0.005 .. ~4.5

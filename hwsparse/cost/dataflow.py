@@ -16,7 +16,8 @@ Op kinds (the profile's efficiency/overhead classes):
   depthwise); ``pointwise``: 1x1 convolution, ``groups == 1``; ``depthwise``: ``groups == C_in``;
 - ``fc``: matrix products (``addmm``, ``mm``, ``bmm``; a Linear layer at batch 1 is a GEMV);
 - ``batch_norm``, ``activation``, ``add`` (binary elementwise), ``elementwise`` (copies, cat,
-  padding, softmax, anything else that touches memory); ``pool`` (pooling and reductions);
+  padding, softmax, reductions such as global average pooling, anything else that touches
+  memory); ``pool`` (windowed max/average pooling);
 - ``view``: ops that move no data (view, reshape, transpose, allocation without a kernel).
 """
 
@@ -75,8 +76,9 @@ _POOL = {
     "max_pool3d_with_indices", "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d",
     "adaptive_avg_pool3d", "_adaptive_avg_pool3d", "adaptive_max_pool1d",
-    "adaptive_max_pool2d", "adaptive_max_pool3d", "mean", "sum", "amax", "amin", "max", "min",
+    "adaptive_max_pool2d", "adaptive_max_pool3d",
 }  # fmt: skip
+# Reductions (global average pooling is ``mean``) stream their input like a copy: elementwise.
 _VIEW = {
     "view", "_unsafe_view", "reshape", "_reshape_alias", "t", "transpose", "permute", "expand",
     "squeeze", "unsqueeze", "flatten", "alias", "detach", "slice", "select", "as_strided",
@@ -106,6 +108,8 @@ class Op:
         c_out, live_c_out: output channels (conv) / features (fc), dense and live.
         groups: convolution groups (1 otherwise).
         out_pixels: output positions of a conv (H x W), rows of a matrix product (0 otherwise).
+        kernel: kernel size of a convolution (empty otherwise).
+        stride, dilation: largest stride / dilation of a convolution (1 otherwise).
         reads, writes: storage ids of activation tensors read and newly allocated.
     """
 
@@ -126,6 +130,9 @@ class Op:
     live_c_out: int
     groups: int
     out_pixels: int
+    kernel: tuple[int, ...]
+    stride: int
+    dilation: int
     reads: tuple[int, ...]
     writes: tuple[int, ...]
 
@@ -260,7 +267,12 @@ class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 out_elems += int(t.numel())
                 live_out += _live_elems(t)
         macs = live_macs = kept = w_elems = live_w = c_out = live_c_out = pixels = 0
-        groups = 1
+        groups = stride = dilation = 1
+        kernel: tuple[int, ...] = ()
+        if "convolution" in aten and len(args) > 5:
+            kernel = tuple(int(k) for k in args[1].shape[2:])
+            stride = max((int(v) for v in args[3]), default=1)
+            dilation = max((int(v) for v in args[5]), default=1)
         if kind in COMPUTE_KINDS and isinstance(out, Tensor):
             gemm = _gemm_counts(aten, kind, args, out)
             macs, live_macs, kept, w_elems, live_w, c_out, live_c_out, groups, pixels = gemm
@@ -283,6 +295,9 @@ class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 live_c_out=live_c_out,
                 groups=groups,
                 out_pixels=pixels,
+                kernel=kernel,
+                stride=stride,
+                dilation=dilation,
                 reads=tuple(reads),
                 writes=tuple(writes),
             )

@@ -4,8 +4,9 @@ For every op of :func:`hwsparse.cost.dataflow.trace` on one engine of a profile:
 
     t_op = max(t_compute, t_memory) + kernel_overhead_us[kind]          (microseconds)
     t_compute = 2 x MACs_run / (peak x efficiency[kind] x small-layer factor)  (conv, fc kinds)
-    t_memory  = bytes / (bandwidth x efficiency[kind] for memory-bound kinds, else bandwidth),
-                bandwidth of the fastest memory level whose size holds the op's working set
+    t_memory  = activation bytes / bandwidth(op working set) [x efficiency[kind] if memory-bound]
+                + weight bytes / bandwidth(all weights of the model), where bandwidth(s) is
+                that of the fastest memory level whose size holds s bytes
     latency   = sum(t_op) + invoke_overhead_us
 
 - ``MACs_run``: the multiply-adds of the channel-compacted op (channel pruning always runs
@@ -190,6 +191,20 @@ def _sparse_speedup(
     return 1.0
 
 
+def cost_class(op: Op, engine: Engine, compacted: bool) -> str:
+    """The efficiency/overhead class of an op: its kind, or ``im2col`` per ``conv_dispatch``."""
+    if engine.conv_dispatch != "pytorch_cpu" or op.kind != "conv":
+        return op.kind
+    # PyTorch CPU (aten/src/ATen/native/Convolution.cpp, ConvParams::use_mkldnn), batch 1, FP32:
+    # k x k convolutions (k > 1) that fail this test are unfolded (im2col) and run as a GEMM.
+    # (1x1 convolutions on one thread take the same fallback without unfolding: they stay in
+    # the pointwise class, which is then calibrated on that path.)
+    kh = op.kernel[-2] if len(op.kernel) >= 2 else 1
+    kw = op.kernel[-1] if op.kernel else 1
+    elems = op.live_in_elems if compacted else op.in_elems
+    return "conv" if (kh > 3 and kw > 3) or elems > 20480 else "im2col"
+
+
 def _op_latency(
     op: Op,
     profile: DeviceProfile,
@@ -198,19 +213,20 @@ def _op_latency(
     masks: Mapping[str, Tensor],
     nm_cache: dict[str, bool],
     notes: set[str],
+    model_weight_bytes: int = 0,
 ) -> OpLatency:
-    kind = op.kind
+    compacted = engine.sparsity.channel_pruning
+    kind = cost_class(op, engine, compacted)
     act = DTYPE_BYTES[dtype]
     if op.aten.rstrip("_") in _FREE:
         return OpLatency(
             op.index, op.module, kind, op.aten, 0.0, 0.0, 0.0, 0.0, "fused", 0, 0, 1.0
         )
-    if kind in engine.fused_ops:
+    if op.kind in engine.fused_ops:
         return OpLatency(
             op.index, op.module, kind, op.aten, 0.0, 0.0, 0.0, 0.0, "fused", 0, 0, 1.0
         )
     overhead = _need(getattr(engine.kernel_overhead_us, kind), f"kernel_overhead_us.{kind}")
-    compacted = engine.sparsity.channel_pruning
     in_elems = op.live_in_elems if compacted else op.in_elems
     out_elems = op.live_out_elems if compacted else op.out_elems
     if kind == "view":
@@ -221,7 +237,7 @@ def _op_latency(
     macs = 0
     speedup = 1.0
     weight_bytes = 0
-    if kind in COMPUTE_KINDS:
+    if kind in (*COMPUTE_KINDS, "im2col"):
         peak = _need(engine.peak.for_dtype(dtype), f"peak for {dtype}")
         eff = _need(getattr(engine.efficiency, kind), f"efficiency.{kind}")
         base = op.live_macs if compacted else op.macs
@@ -236,13 +252,18 @@ def _op_latency(
         if speedup > 1.0 and weights:  # sparse storage: nnz values + 16-bit indices
             kept = round(weights * op.kept_macs / max(op.live_macs, 1))
             weight_bytes = kept * (act + 2)
-    moved = (in_elems + out_elems) * act + weight_bytes
+    act_bytes = (in_elems + out_elems) * act
+    moved = act_bytes + weight_bytes
+    # Activations come from the level that holds this op's working set; weights are re-read
+    # every inference from the level that holds the whole model's weights.
     bandwidth, note = _bandwidth(profile, moved)
-    if note:
-        notes.add(note)
-    if kind not in COMPUTE_KINDS:
+    w_bandwidth, w_note = _bandwidth(profile, max(model_weight_bytes, moved))
+    for n in (note, w_note):
+        if n:
+            notes.add(n)
+    if kind not in (*COMPUTE_KINDS, "im2col"):
         bandwidth *= _need(getattr(engine.efficiency, kind), f"efficiency.{kind}")
-    memory = moved / bandwidth
+    memory = act_bytes / bandwidth + weight_bytes / w_bandwidth
     busy = max(compute, memory)
     if overhead >= busy:
         bound = "overhead"
@@ -294,8 +315,13 @@ def estimate_latency(
     rows: list[OpLatency] = []
     nm_cache: dict[str, bool] = {}
     try:
+        compacted = eng.sparsity.channel_pruning
+        weights = sum(op.live_weight_elems if compacted else op.weight_elems for op in trace.ops)
+        weight_bytes = weights * DTYPE_BYTES[dt]
         for op in trace.ops:
-            rows.append(_op_latency(op, profile, eng, dt, masks or {}, nm_cache, notes))
+            rows.append(
+                _op_latency(op, profile, eng, dt, masks or {}, nm_cache, notes, weight_bytes)
+            )
         invoke = _need(eng.invoke_overhead_us, "invoke_overhead_us")
         invoke += trace.container_calls * _need(eng.container_overhead_us, "container_overhead_us")
     except _Unknown as exc:

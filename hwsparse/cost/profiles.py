@@ -37,6 +37,7 @@ EngineKind = Literal["cpu", "gpu", "npu", "mcu_core"]
 WeightFormat = Literal["dense", "bitmask", "csr16", "csr8"]
 FusableOp = Literal["batch_norm", "activation", "add"]
 ComputeClass = Literal["conv", "pointwise", "depthwise", "fc"]
+ConvDispatch = Literal["uniform", "pytorch_cpu"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Efficiency:
         depthwise: depthwise convolution (groups = channels).
         fc: matrix products (a Linear layer at batch 1 is a matrix-vector product).
         batch_norm, activation, add, elementwise, pool: memory-bound passes (unless fused).
+        im2col: convolutions that the engine's ``conv_dispatch`` rule sends to an im2col + GEMM
+            fallback kernel (optional; only read when the rule routes an op there).
     """
 
     conv: float | None
@@ -83,6 +86,7 @@ class Efficiency:
     add: float | None
     elementwise: float | None
     pool: float | None
+    im2col: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class KernelOverhead:
     elementwise: float | None
     pool: float | None
     view: float | None
+    im2col: float | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,11 @@ class Engine:
         uncertainty_pct: +- band of a latency estimate, percent (a factor of 1 + pct/100).
         sparsity: what this runtime reads and exploits.
         source: where these numbers come from.
+        conv_dispatch: ``uniform`` (every convolution uses its class numbers) or
+            ``pytorch_cpu``: PyTorch's CPU rule (``ConvParams::use_mkldnn`` in
+            aten/src/ATen/native/Convolution.cpp) sends k x k convolutions (1 < k <= 3, or a
+            kernel dimension of 1) with at most 20480 input elements to the im2col + GEMM
+            fallback, costed as ``im2col``.
     """
 
     name: str
@@ -218,6 +228,7 @@ class Engine:
     uncertainty_pct: float
     sparsity: Sparsity
     source: str
+    conv_dispatch: ConvDispatch = "uniform"
 
 
 @dataclass(frozen=True)
@@ -363,10 +374,11 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     if origin is tuple:
-        return "list"
+        return "a list"
     if is_dataclass(tp):
-        return "mapping"
-    return getattr(tp, "__name__", str(tp))
+        return "a mapping"
+    names = {float: "a number", int: "an integer", str: "a string", bool: "true/false"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 class _SchemaError(Exception):
