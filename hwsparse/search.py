@@ -5,11 +5,12 @@ runs ``run_search`` with the same study name and storage joins the same study.
 
 Objectives. ``budget`` mode maximises validation accuracy; the budget enters as constraints
 (``trial.set_constraint``, relative excess value / limit - 1, feasible when <= 0) and Optuna's
-MedianPruner stops hopeless trials on their per-epoch validation accuracy. ``pareto`` mode
+MedianPruner stops hopeless trials on their validation accuracy per ticket epoch (never in the
+search phase, where a candidate that will not fit looks as good as any). ``pareto`` mode
 minimises latency (when the target's profile can estimate it) and MFLOPs while maximising
 accuracy; Optuna cannot prune multi-objective trials, so we raise ``TrialPruned`` ourselves when
-a trial's accuracy at an epoch is below the median of the completed trials that are no more
-costly at the same epoch (it is then dominated where it stands).
+a ticket's accuracy at an epoch is below the median of the completed tickets that cost no more
+at the same epoch (it is then dominated where it stands).
 
 Budget-aware binarisation: when a candidate's binary mask misses the budget, it is cut to fit
 instead of thrown away: the mask entries are ranked by mask value per unit of cost (a weight's
@@ -280,6 +281,7 @@ class BudgetCutter:
         self.profile, self.budget, self.input_shape = profile, budget, input_shape
         self.factory = factory
         self.cut = _Cut()
+        self.report: CostReport | None = None  # cost of the masks it returned
 
     def __call__(self, model: nn.Module, given: M.Masks) -> M.Masks:
         device = next(iter(given.values())).device
@@ -289,6 +291,7 @@ class BudgetCutter:
         self.cut.evaluations += 1
         violations = self.budget.violations(report)
         if all(v <= 0 for v in violations.values()):
+            self.report = report
             return given
         relaxed = M.relaxed_masks(model)
         weigh = {"latency_ms", "mflops"} & {k for k, v in violations.items() if v > 0}
@@ -322,6 +325,7 @@ class BudgetCutter:
             else:
                 hi = mid
         self.cut.to_density = M.global_density(plain, best)
+        self.report = estimate(plain, self.input_shape, self.profile, best)
         return {k: v.to(device) for k, v in best.items()}
 
     def _fits(self, plain: nn.Module, masks: M.Masks) -> bool:
@@ -377,7 +381,7 @@ class Objective:
                 self.data,
                 ticket_cfg,
                 train_cfg,
-                self._epoch_hook(trial, curve),
+                self._epoch_hook(trial, curve, cutter),
                 select=cutter,
             )
         except KeyboardInterrupt:
@@ -439,28 +443,36 @@ class Objective:
         out.append(report.flops / 1e6)
         return tuple(out)
 
-    def _epoch_hook(self, trial: optuna.Trial, curve: list[float]) -> T.OnEpoch:
-        study_trials: list[FrozenTrial] = []
+    def _epoch_hook(
+        self, trial: optuna.Trial, curve: list[float], cutter: BudgetCutter
+    ) -> T.OnEpoch:
+        """Heartbeat every epoch; early stopping on the ticket phase only.
+
+        The search phase is not judged: there a candidate that will not fit the budget looks
+        as good as any, and a pruner would stop the feasible ones for being smaller. Ticket
+        epochs come after the budget cut, so trials are compared as the tickets they are.
+        """
+        peers: list[FrozenTrial] = []
 
         def hook(info: T.EpochInfo) -> None:
-            curve.append(info.val_accuracy)
             trial.set_user_attr("heartbeat", time.time())
             if self.on_epoch is not None:
                 self.on_epoch(info)
+            if info.phase != "ticket":
+                return
+            curve.append(info.val_accuracy)
             step = len(curve) - 1
             if self.config.objective == "budget":
                 trial.report(info.val_accuracy, step)
                 if trial.should_prune():
                     trial.set_user_attr("val_curve", curve)
-                    raise optuna.TrialPruned(f"below the median at epoch {step + 1}")
-            else:
-                if not study_trials:
-                    study_trials.extend(
-                        trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    )
-                if _dominated_so_far(study_trials, curve, step):
-                    trial.set_user_attr("val_curve", curve)
-                    raise optuna.TrialPruned(f"dominated at epoch {step + 1}")
+                    raise optuna.TrialPruned(f"below the median at ticket epoch {step + 1}")
+                return
+            if not peers:
+                peers.extend(_no_costlier(trial.study, cutter.report))
+            if _below_median(peers, curve, step):
+                trial.set_user_attr("val_curve", curve)
+                raise optuna.TrialPruned(f"dominated at ticket epoch {step + 1}")
 
         return hook
 
@@ -502,19 +514,35 @@ def _plain(obj: Any) -> dict[str, Any]:
     return asdict(obj)
 
 
-PRUNE_WARMUP = 5  # never prune before this many epochs, nor with fewer completed peers
+PRUNE_WARMUP = 3  # never prune before this many ticket epochs
+PRUNE_PEERS = 5  # nor with fewer completed trials to compare with
 
 
-def _dominated_so_far(complete: list[FrozenTrial], curve: list[float], step: int) -> bool:
-    """Median rule among completed trials at this epoch (pareto mode): prune when below."""
+def _no_costlier(study: optuna.Study, report: CostReport | None) -> list[FrozenTrial]:
+    """Completed trials whose ticket costs no more than ``report`` (latency and FLOPs)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if report is None:
+        return done
+    lat = report.latency_ms if report.latency_ms is not None else math.inf
+    return [
+        t
+        for t in done
+        if t.user_attrs.get("flops", math.inf) <= report.flops
+        and (t.user_attrs.get("latency_ms") or 0.0) <= lat
+    ]
+
+
+def _below_median(peers: list[FrozenTrial], curve: list[float], step: int) -> bool:
+    """Pareto-mode pruning: below the median of no-costlier peers at this ticket epoch, the
+    trial is dominated where it stands."""
     if step < PRUNE_WARMUP:
         return False
-    peers = [
+    values = [
         t.user_attrs["val_curve"][step]
-        for t in complete
+        for t in peers
         if len(t.user_attrs.get("val_curve", [])) > step
     ]
-    return len(peers) >= PRUNE_WARMUP and curve[step] < statistics.median(peers)
+    return len(values) >= PRUNE_PEERS and curve[step] < statistics.median(values)
 
 
 # --- running a study -----------------------------------------------------------------------------
@@ -661,7 +689,9 @@ def run_search(
     else:
         raise InputError(f"unknown sampler {sampler!r}; valid: random, tpe")
     if config.objective == "budget":
-        study.pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=PRUNE_WARMUP)
+        study.pruner = optuna.pruners.MedianPruner(
+            n_startup_trials=PRUNE_PEERS, n_warmup_steps=PRUNE_WARMUP
+        )
     objective = Objective(config, space, data, profile, storage, device, metrics, on_epoch)
     callbacks = [lambda s, t: on_trial(s, t)] if on_trial is not None else []
     study.optimize(

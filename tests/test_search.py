@@ -286,3 +286,34 @@ def test_a_space_combination_the_model_cannot_take_prunes_that_trial(tmp_path: P
             assert t.state == TrialState.PRUNED and "no layer left" in t.user_attrs["message"]
         else:
             assert t.state == TrialState.COMPLETE
+
+
+def test_pareto_pruning_compares_with_no_costlier_tickets() -> None:
+    from optuna.distributions import FloatDistribution
+
+    def done(acc: float, flops: int, latency: float) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(
+            params={"density": 0.1},
+            distributions={"density": FloatDistribution(0.01, 0.5)},
+            values=[acc, latency, flops / 1e6],
+            user_attrs={"val_curve": [acc] * 5, "flops": flops, "latency_ms": latency},
+        )
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for acc in (0.9, 0.9, 0.9, 0.9, 0.9):
+        study.add_trial(done(acc, flops=5000, latency=1.0))  # accurate but costly
+    for acc in (0.5, 0.5, 0.5, 0.5, 0.5):
+        study.add_trial(done(acc, flops=1000, latency=0.2))  # cheap
+    from hwsparse.cost.estimate import estimate
+    from hwsparse.models import build_model
+
+    cheap = estimate(build_model("linear", (1, 8, 8), 10), (1, 8, 8), "raspberry-pi-4")
+    assert cheap.flops < 1000
+    # a cheap ticket is only compared with tickets at least as cheap: none here
+    assert search._no_costlier(study, cheap) == []
+    peers = search._no_costlier(study, None)
+    assert len(peers) == 10
+    assert not search._below_median(peers, [0.1, 0.1], 1)  # warm-up epochs never prune
+    assert search._below_median(peers, [0.6] * 4, 3)  # median of all ten is 0.7
+    cheap_peers = [t for t in peers if t.user_attrs["flops"] == 1000]
+    assert not search._below_median(cheap_peers, [0.6] * 4, 3)  # best among the cheap ones

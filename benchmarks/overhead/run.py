@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -28,11 +27,13 @@ CASES = [
 ]
 
 
-def epoch_seconds(dataset: str, model_name: str, masked: bool, param: str, epochs: int) -> float:
+def epoch_seconds(
+    dataset: str, model_name: str, masked: bool, param: str, epochs: int, batch: int
+) -> float:
     data = load_dataset(dataset)
     torch.manual_seed(0)
     model = build_model(model_name, data.input_shape, data.num_classes)
-    cfg = T.TrainConfig(epochs=epochs, device="cpu")
+    cfg = T.TrainConfig(epochs=epochs, batch_size=batch, device="cpu")
     run = T._Run(data, cfg, None)
     if not masked:
         run.train(model, epochs, "plain")
@@ -55,6 +56,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args()
     torch.set_num_threads(1)
     print(
@@ -63,11 +65,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for dataset, model in CASES:
         plain, proj, sig = [], [], []
-        epoch_seconds(dataset, model, False, "projected", 1)  # warm-up
+        epoch_seconds(dataset, model, False, "projected", 1, args.batch_size)  # warm-up
         for _ in range(args.repeats):
-            plain.append(epoch_seconds(dataset, model, False, "projected", args.epochs))
-            proj.append(epoch_seconds(dataset, model, True, "projected", args.epochs))
-            sig.append(epoch_seconds(dataset, model, True, "sigmoid", args.epochs))
+            plain.append(
+                epoch_seconds(dataset, model, False, "projected", args.epochs, args.batch_size)
+            )
+            proj.append(
+                epoch_seconds(dataset, model, True, "projected", args.epochs, args.batch_size)
+            )
+            sig.append(
+                epoch_seconds(dataset, model, True, "sigmoid", args.epochs, args.batch_size)
+            )
         rp = statistics.median(a / b for a, b in zip(proj, plain, strict=True))
         rs = statistics.median(a / b for a, b in zip(sig, plain, strict=True))
         print(
@@ -79,5 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    started = time.time()
     main()
