@@ -22,6 +22,7 @@ from hwsparse.cost.flops import (
     check_input_shape,
     check_masks,
     count_flops,
+    single_thread,
 )
 from hwsparse.cost.latency import LatencyEstimate, estimate_latency
 from hwsparse.cost.memory import MemoryEstimate, memory_cost
@@ -238,7 +239,21 @@ def estimate(
 
     Raises:
         InputError: bad shape, masks, dtype, engine or profile.
+
+    The analysis runs on one intra-op thread (restored afterwards): it is many tiny kernels.
     """
+    with single_thread():
+        return _estimate(model, input_shape, profile, masks, dtype, engine)
+
+
+def _estimate(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    profile: DeviceProfile | str | Path,
+    masks: Mapping[str, Tensor] | None,
+    dtype: str | None,
+    engine: str | None,
+) -> CostReport:
     prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     eng = prof.engine(engine)
     dt = dtype or eng.dtype
@@ -247,8 +262,8 @@ def estimate(
     shape = check_input_shape(input_shape)
     checked = check_masks(model, masks)
     liveness = channel_liveness(model, shape, checked) if checked else None
-    flop_count = count_flops(model, shape, masks, liveness=liveness)
-    tr = trace(model, shape, masks)
+    flop_count = count_flops(model, shape, checked, liveness=liveness)
+    tr = trace(model, shape, checked)
     memory = memory_cost(model, tr, checked, liveness, dt, eng.sparsity.weight_formats)
     latency = estimate_latency(tr, prof, eng.name, dt, checked)
     cap = prof.capacity

