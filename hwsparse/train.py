@@ -723,8 +723,13 @@ def run_cs(
             )
             snapshot = snapshot or got
         assert snapshot is not None
-        M.set_temperature(relaxed, mask_config.temperature / mask_config.anneal)
-        masks = M.binarize(model, density=density)
+        # Rank by the logits themselves: at the final temperature sigmoid(s / T) underflows to
+        # exactly 0 for many entries, and ties at 0 would lose the ranking CS learned.
+        modules = dict(model.named_modules())
+        logits = {n: m.score.detach() for n, m in relaxed.items()}
+        tie = {n: M.magnitude_tiebreak(M.raw_weight(modules[n]).detach(), logits[n].shape)
+               for n in relaxed}  # fmt: skip
+        masks = M.top_k_masks(model, logits, tie, density)
         _rewind(model, snapshot, masks)
         run.train(model, config.epochs, "ticket")
         return run.result("cs", model, masks)
