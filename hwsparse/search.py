@@ -263,6 +263,7 @@ class _Cut:
     from_density: float | None = None
     to_density: float | None = None
     evaluations: int = 0
+    seconds: float = 0.0  # time spent estimating costs while cutting
 
 
 class BudgetCutter:
@@ -284,6 +285,13 @@ class BudgetCutter:
         self.report: CostReport | None = None  # cost of the masks it returned
 
     def __call__(self, model: nn.Module, given: M.Masks) -> M.Masks:
+        started = time.perf_counter()
+        try:
+            return self._cut(model, given)
+        finally:
+            self.cut.seconds += time.perf_counter() - started
+
+    def _cut(self, model: nn.Module, given: M.Masks) -> M.Masks:
         device = next(iter(given.values())).device
         masks = {k: v.cpu() for k, v in given.items()}
         plain = _plain_copy(model, self.factory)
@@ -392,7 +400,8 @@ class Objective:
             raise optuna.TrialPruned(str(exc)) from None
         trial.set_user_attr("val_curve", curve)
         trial.set_user_attr("status", result.status)
-        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        # the cut ran inside run_ticket: its estimates count as costing, not training
+        trial.set_user_attr("train_seconds", round(result.seconds - cutter.cut.seconds, 3))
         trial.set_user_attr("device", result.device)
         if result.status == "diverged" or result.model is None:
             trial.set_user_attr("message", result.message)
@@ -400,7 +409,7 @@ class Objective:
         t0 = time.perf_counter()
         report = estimate(result.model, self.data.input_shape, self.profile, result.masks)
         violations = self.config.budget.violations(report)
-        cost_s = time.perf_counter() - t0
+        cost_s = time.perf_counter() - t0 + cutter.cut.seconds
         for key, value in violations.items():
             trial.set_constraint(key, value)
         fits = all(v <= 0 for v in violations.values()) and result.status == "ok"
