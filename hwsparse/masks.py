@@ -206,6 +206,8 @@ def binarize(model: nn.Module, *, threshold: float = 0.5, density: float | None 
     with the largest m (ties broken by weight magnitude) so that the density over all Conv/Linear
     weights is as close to ``density`` as the mask's granularity allows, never above it. Entries
     the projection set to exactly 0 are always dropped, so the result can be sparser than asked.
+    Sigmoid masks are ranked by their logits: at a low temperature sigmoid(s / T) rounds to 0
+    or 1 for most entries, and the ranking lives in s.
     """
     relaxed = relaxed_masks(model)
     if not relaxed:
@@ -216,13 +218,13 @@ def binarize(model: nn.Module, *, threshold: float = 0.5, density: float | None 
             name: _expand((m.soft() > threshold).float(), raw_weight(modules[name]))
             for name, m in relaxed.items()
         }
-    scores = {name: m.soft().detach() for name, m in relaxed.items()}
+    projected = all(m.param == "projected" for m in relaxed.values())
+    scores = {n: (m.soft() if projected else m.score).detach() for n, m in relaxed.items()}
     magnitudes = {
         name: magnitude_tiebreak(raw_weight(modules[name]).detach(), scores[name].shape)
         for name in relaxed
     }
-    keep = top_k_masks(model, scores, magnitudes, density, drop_zeros=True)
-    return keep
+    return top_k_masks(model, scores, magnitudes, density, drop_zeros=projected)
 
 
 def magnitude_tiebreak(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
