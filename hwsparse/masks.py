@@ -131,13 +131,17 @@ class FixedMask(nn.Module):
 def attach_relaxed(model: nn.Module, config: MaskConfig) -> dict[str, RelaxedMask]:
     """Attach a trainable relaxed mask to every chosen layer; returns them by layer name."""
     out: dict[str, RelaxedMask] = {}
-    # A channel of the output layer is a class: channel masks never touch that layer.
-    mask_last = config.mask_last and config.granularity != "channel"
-    for name, layer in prunable_layers(model, mask_first=config.mask_first, mask_last=mask_last):
+    for name, layer in _chosen_layers(model, config):
         mask = RelaxedMask(raw_weight(layer), config)
         parametrize.register_parametrization(layer, "weight", mask)
         out[name] = mask
     return out
+
+
+def _chosen_layers(model: nn.Module, config: MaskConfig) -> list[tuple[str, nn.Module]]:
+    # A channel of the output layer is a class: channel masks never touch that layer.
+    mask_last = config.mask_last and config.granularity != "channel"
+    return prunable_layers(model, mask_first=config.mask_first, mask_last=mask_last)
 
 
 def attach_fixed(model: nn.Module, masks: Masks) -> None:
@@ -328,6 +332,13 @@ def _layer_floor(
         guard &= (flat > 0) if drop_zeros else (flat >= 0)
         parts.append(guard)
     return torch.cat(parts)
+
+
+def min_density(model: nn.Module, config: MaskConfig) -> float:
+    """The smallest density top-k can reach: the layers ``config`` leaves unmasked stay whole."""
+    masked = {n for n, _ in _chosen_layers(model, config)}
+    counts = _weight_counts(model)
+    return sum(c for n, c in counts.items() if n not in masked) / sum(counts.values())
 
 
 def check_density(density: float) -> float:

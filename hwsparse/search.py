@@ -384,6 +384,11 @@ class Objective:
         )
         curve: list[float] = []
         try:
+            floor = M.min_density(self.factory(), ticket_cfg.mask)
+            if ticket_cfg.density is not None and ticket_cfg.density <= floor:
+                # channel masks leave the classifier whole: ask for the least that is possible
+                ticket_cfg = replace(ticket_cfg, density=min(1.0, floor * 1.01))
+                trial.set_user_attr("density_raised_to", ticket_cfg.density)
             result = T.run_ticket(
                 self.factory,
                 self.data,
