@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def ticket(
                 num_classes=data.num_classes,
                 dataset=dataset,
                 method=config.penalty,
-                config={"ticket": _asdict(config), "train": _asdict(train)},
+                config={"ticket": asdict(config), "train": asdict(train)},
                 metrics={
                     **result.summary(),
                     "flops": flops.total,
@@ -103,12 +103,6 @@ def ticket(
                 },
             )
     return TicketRun(result, flops, dataset, model, data.input_shape, data.num_classes, saved)
-
-
-def _asdict(obj: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(obj)
 
 
 # --- compare -------------------------------------------------------------------------------------

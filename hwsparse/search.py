@@ -37,7 +37,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -509,7 +509,7 @@ class Objective:
                 num_classes=self.data.num_classes,
                 dataset=self.config.dataset,
                 method=ticket_cfg.penalty,
-                config={"ticket": _plain(ticket_cfg), "train": _plain(train_cfg)},
+                config={"ticket": asdict(ticket_cfg), "train": asdict(train_cfg)},
                 metrics={**result.summary(), "test_accuracy": None, **report.to_dict()},
                 study_trial=trial.number,
             )
@@ -520,12 +520,6 @@ class Objective:
                     study_or_trial=trial,
                 )
                 trial.set_user_attr(f"artifact:{name}", artifact)
-
-
-def _plain(obj: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(obj)
 
 
 PRUNE_WARMUP = 3  # never prune before this many ticket epochs

@@ -42,7 +42,7 @@ from torch import nn
 from hwsparse import masks as M
 from hwsparse.data import Dataset
 from hwsparse.errors import InputError
-from hwsparse.penalties import get_penalty, resolve_eps
+from hwsparse.penalties import PENALTIES, get_penalty, resolve_eps
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -66,7 +66,9 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3  # Adam learning rate for the weights
     weight_decay: float = 0.0
-    rewind_steps: int = 0  # optimiser step the ticket's weights are rewound to (0 = init)
+    # optimiser step of the first run the ticket's weights rewind to (0 = init; a step past
+    # the end of that run means its last weights)
+    rewind_steps: int = 0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda[:N]; auto picks CUDA when present
 
@@ -199,13 +201,10 @@ def resolve_device(name: str) -> torch.device:
 class _Run:
     """State shared by the phases of one method run: data on device, counters, callback."""
 
-    def __init__(
-        self, data: Dataset, config: TrainConfig, on_epoch: OnEpoch | None, phase_prefix: str = ""
-    ) -> None:
+    def __init__(self, data: Dataset, config: TrainConfig, on_epoch: OnEpoch | None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
         self.on_epoch = on_epoch
-        self.phase_prefix = phase_prefix
         d = self.device
         self.x_train, self.y_train = data.x_train.to(d), data.y_train.to(d)
         self.x_val, self.y_val = data.x_val.to(d), data.y_val.to(d)
@@ -295,7 +294,7 @@ class _Run:
             if not math.isfinite(mean_loss):
                 raise Diverged(f"training loss became {mean_loss} in {phase} epoch {epoch}")
             info = EpochInfo(
-                phase=self.phase_prefix + phase,
+                phase=phase,
                 epoch=epoch,
                 epochs=epochs,
                 loss=mean_loss,
@@ -777,8 +776,7 @@ def run_method(
 
 
 def method_names() -> list[str]:
-    from hwsparse.penalties import PENALTIES
-
+    """What `compare --methods` accepts: every penalty, then the baselines."""
     return [*PENALTIES, *BASELINES]
 
 
