@@ -317,3 +317,25 @@ def test_pareto_pruning_compares_with_no_costlier_tickets() -> None:
     assert search._below_median(peers, [0.6] * 4, 3)  # median of all ten is 0.7
     cheap_peers = [t for t in peers if t.user_attrs["flops"] == 1000]
     assert not search._below_median(cheap_peers, [0.6] * 4, 3)  # best among the cheap ones
+
+
+def test_optuna_dashboard_reads_the_study(tmp_path: Path) -> None:
+    import io
+
+    import optuna_dashboard
+    outcome = _run(tmp_path, trials=2)
+    app_ = optuna_dashboard.wsgi(outcome.storage.backend)
+    status: list[str] = []
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/api/studies",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.url_scheme": "http",
+    }
+    body = b"".join(app_(environ, lambda s, h, *exc: status.append(s)))
+    assert status[0].startswith("200")
+    (summary,) = json.loads(body)["study_summaries"]
+    assert summary["study_name"] == "s"
