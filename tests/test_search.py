@@ -323,6 +323,7 @@ def test_optuna_dashboard_reads_the_study(tmp_path: Path) -> None:
     import io
 
     import optuna_dashboard
+
     outcome = _run(tmp_path, trials=2)
     app_ = optuna_dashboard.wsgi(outcome.storage.backend)
     status: list[str] = []

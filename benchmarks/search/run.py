@@ -120,9 +120,7 @@ def report(path: Path) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--methods", default="tpe,random,fixed")
     p.add_argument("--seeds", type=int, default=3)
