@@ -64,12 +64,15 @@ def test_compare_json_rows() -> None:
             "log,random,imp",
             "--seeds",
             "2",
+            "--search-epochs",
+            "2",
             "--json",
         ],
     )
     assert r.exit_code == 0, r.stderr
     payload = json.loads(r.stdout)
     rows = {row["method"]: row for row in payload["results"]}
+    assert rows["log"]["epochs_total"] == 3  # 2 search epochs + the 1-epoch ticket
     assert set(rows) == {"log", "random", "imp"}
     for row in rows.values():
         for key in ("test_accuracy_mean", "test_accuracy_std", "density", "epochs_total"):

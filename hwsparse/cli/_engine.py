@@ -239,6 +239,9 @@ def compare(
         "3"
     ),
     epochs: Epochs = 20,
+    search_epochs: Annotated[
+        int, typer.Option(help="Epochs of the penalties' joint mask search.")
+    ] = 30,
     lr: Lr = 1e-3,
     rewind_steps: RewindSteps = 0,
     device: Device = "auto",
@@ -255,7 +258,8 @@ def compare(
         train = T.TrainConfig(epochs=epochs, lr=lr, rewind_steps=rewind_steps, device=device)
         T.resolve_device(device)
         check_density(density)
-        total = sum(T.planned_epochs(m, density, train) for m in names) * len(seed_list)
+        config = T.TicketConfig(auto_strength=True, density=density, search_epochs=search_epochs)
+        total = sum(T.planned_epochs(m, density, train, config) for m in names) * len(seed_list)
         with _progress(not as_json, total) as (progress, task, on_epoch):
 
             def on_run(method: str, seed: int, r: T.RunResult) -> None:
@@ -273,6 +277,7 @@ def compare(
                 seeds=seed_list,
                 data_dir=data_dir,
                 train=train,
+                config=config,
                 on_epoch=on_epoch,
                 on_run=None if as_json else on_run,
             )
