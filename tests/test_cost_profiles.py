@@ -79,6 +79,7 @@ def minimal_profile() -> dict[str, Any]:
                 "peak_derivation": "made up [T]",
                 "dtype": "fp32",
                 "runtime": "toy runtime",
+                "artifact": "onnx",
                 "threads": 1,
                 "efficiency": effs,
                 "kernel_overhead_us": {**over, "view": 1.0},

@@ -436,6 +436,7 @@ def _initial_profile(
         dtype="fp32",
         runtime=f"PyTorch {torch.__version__.split('+')[0]} eager (CPU), {threads} thread(s),"
         " batch 1",
+        artifact="onnx",
         threads=threads,
         efficiency=Efficiency(*(1.0,) * 10),
         kernel_overhead_us=zero,

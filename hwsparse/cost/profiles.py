@@ -38,6 +38,7 @@ WeightFormat = Literal["dense", "bitmask", "csr16", "csr8"]
 FusableOp = Literal["batch_norm", "activation", "add"]
 ComputeClass = Literal["conv", "pointwise", "depthwise", "fc"]
 ConvDispatch = Literal["uniform", "pytorch_cpu"]
+ArtifactFormat = Literal["onnx", "tflite"]
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,9 @@ class Engine:
         peak_derivation: how the peak was derived (``cores x GHz x lanes x 2 (FMA)``).
         dtype: the dtype the runtime really computes in; the default for estimates.
         runtime: runtime, version and thread setting, e.g. ``XNNPACK FP32, 4 threads``.
+        artifact: the file format that runtime reads, which ``hwsparse export`` writes:
+            ``tflite`` (TFLite Micro, LiteRT/XNNPACK, the Edge TPU compiler's input) or
+            ``onnx`` (onnxruntime, TensorRT, and ncnn's converter pnnx).
         threads: threads the runtime uses.
         efficiency: achieved / peak per compute class.
         kernel_overhead_us: fixed cost per executed op, per op kind.
@@ -217,6 +221,7 @@ class Engine:
     peak_derivation: str
     dtype: Dtype
     runtime: str
+    artifact: ArtifactFormat
     threads: int
     efficiency: Efficiency
     kernel_overhead_us: KernelOverhead
