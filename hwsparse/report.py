@@ -26,7 +26,9 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "trial": t.number,
         "state": t.state.name,
         "params": t.params,
-        "val_accuracy": a.get("val_accuracy"),
+        "val_accuracy": a.get("val_accuracy"),  # at the target's dtype (what ships)
+        "val_accuracy_fp32": a.get("val_accuracy_fp32"),
+        "dtype": a.get("dtype"),
         "density": a.get("density"),
         "flops": a.get("flops"),
         "latency_ms": a.get("latency_ms"),
@@ -88,8 +90,9 @@ def pick_row(chosen: FrozenTrial | None, stored: dict[str, Any]) -> dict[str, An
     if chosen is None:
         return None
     row = trial_row(chosen)
-    test = stored.get("test_accuracy") if stored.get("trial") == chosen.number else None
-    row["test_accuracy"] = test
+    same = stored.get("trial") == chosen.number
+    row["test_accuracy"] = stored.get("test_accuracy") if same else None
+    row["test_accuracy_fp32"] = stored.get("test_accuracy_fp32") if same else None
     return row
 
 
@@ -167,9 +170,14 @@ def pick_table(info: dict[str, Any]) -> Table:
     t.add_row("trial", str(row["trial"]))
     for k, v in row["params"].items():
         t.add_row(f"  {k}", f"{v:.4g}" if isinstance(v, float) else str(v))
-    t.add_row("val accuracy", f"{_pct(row['val_accuracy'])} %")
+    dtype = row.get("dtype") or "fp32"
+    t.add_row(f"val accuracy ({dtype}, as deployed)", f"{_pct(row['val_accuracy'])} %")
+    if row.get("val_accuracy_fp32") is not None and dtype != "fp32":
+        t.add_row("val accuracy (fp32)", f"{_pct(row['val_accuracy_fp32'])} %")
     if picked:
-        t.add_row("test accuracy (evaluated once)", f"{_pct(row.get('test_accuracy'))} %")
+        t.add_row(
+            f"test accuracy ({dtype}, evaluated once)", f"{_pct(row.get('test_accuracy'))} %"
+        )
     t.add_row("density", f"{row['density']:.4f}")
     t.add_row("latency ms (estimate \\[band])", _ms(row))
     t.add_row("FLOPs (1 MAC = 1 flop)", f"{row['flops']:,}")

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
@@ -53,6 +52,7 @@ from hwsparse.cost.budget import BudgetCutter
 from hwsparse.cost.estimate import Budget, CostReport, estimate
 from hwsparse.cost.profiles import DeviceProfile, load_profile
 from hwsparse.data import Dataset, load_dataset
+from hwsparse.deploy.quantize import accuracy, calibration_batch, simulate
 from hwsparse.errors import InputError
 from hwsparse.models import build_model
 from hwsparse.penalties import get_penalty
@@ -262,6 +262,8 @@ class Objective:
         self.on_epoch = on_epoch
         self.store = FileSystemArtifactStore(str(storage.artifacts))
         storage.artifacts.mkdir(parents=True, exist_ok=True)
+        self.dtype = profile.engine().dtype  # the precision the target runs the ticket at
+        self.calibration = calibration_batch(data.x_train)
 
     def factory(self) -> nn.Module:
         return build_model(self.config.model, self.data.input_shape, self.data.num_classes)
@@ -305,13 +307,18 @@ class Objective:
             return self._failed()
         t0 = time.perf_counter()
         report = estimate(result.model, self.data.input_shape, self.profile, result.masks)
+        # Scored as it will run: the (exactly compactable) ticket at the target's precision.
+        deployed = simulate(result.model, self.dtype, self.calibration)
+        val_accuracy = accuracy(deployed, self.data.x_val.cpu(), self.data.y_val.cpu())
         violations = self.config.budget.violations(report)
         cost_s = time.perf_counter() - t0 + cutter.cut.seconds
         for key, value in violations.items():
             trial.set_constraint(key, value)
         fits = all(v <= 0 for v in violations.values()) and result.status == "ok"
         attrs: dict[str, Any] = {
-            "val_accuracy": result.val_accuracy,
+            "val_accuracy": val_accuracy,
+            "val_accuracy_fp32": result.val_accuracy,
+            "dtype": self.dtype,
             "density": result.density,
             "flops": report.flops,
             "dense_flops": report.dense_flops,
@@ -332,7 +339,7 @@ class Objective:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self._upload(trial, result, ticket_cfg, train_cfg, report)
-        return self._values(result.val_accuracy, report)
+        return self._values(val_accuracy, report)
 
     def _failed(self) -> float | tuple[float, ...]:
         if self.config.objective == "budget":
@@ -602,7 +609,7 @@ def run_search(
         catch=(),
         gc_after_trial=False,
     )
-    pick, test_acc = pick_and_test(study, storage, data)
+    pick, test_acc = pick_and_test(study, storage, data, profile.engine().dtype)
     return SearchOutcome(
         study, storage, config, pick, test_acc, None if pick else closest(study), retried
     )
@@ -666,9 +673,10 @@ def fetch_ticket(study: optuna.Study, trial: FrozenTrial, storage: Storage, fold
 
 
 def pick_and_test(
-    study: optuna.Study, storage: Storage, data: Dataset
+    study: optuna.Study, storage: Storage, data: Dataset, dtype: str
 ) -> tuple[FrozenTrial | None, float | None]:
-    """Pick the trial and evaluate its ticket once on the test split (stored with the study)."""
+    """Pick the trial and evaluate its ticket once on the test split, at the target's ``dtype``
+    (simulated, :mod:`hwsparse.deploy.quantize`) and in fp32; both are stored with the study."""
     chosen = pick(study)
     if chosen is None:
         return None, None
@@ -677,8 +685,11 @@ def pick_and_test(
         return chosen, float(stored["test_accuracy"])
     with tempfile.TemporaryDirectory() as tmp:
         ticket = load_ticket(fetch_ticket(study, chosen, storage, Path(tmp)))
-    with torch.no_grad():
-        logits = ticket.model.eval()(data.x_test)
-    acc = float((logits.argmax(1) == data.y_test).float().mean())
-    study.set_user_attr(PICK_ATTR, {"trial": chosen.number, "test_accuracy": acc})
+    x, y = data.x_test.cpu(), data.y_test.cpu()
+    deployed = simulate(ticket.model, dtype, calibration_batch(data.x_train))
+    acc, fp32 = accuracy(deployed, x, y), accuracy(ticket.model, x, y)
+    study.set_user_attr(
+        PICK_ATTR,
+        {"trial": chosen.number, "test_accuracy": acc, "test_accuracy_fp32": fp32, "dtype": dtype},
+    )
     return chosen, acc
