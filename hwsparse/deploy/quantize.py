@@ -97,7 +97,7 @@ class _Structure(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Records which op outputs a runtime materialises (see the module docstring)."""
 
     def __init__(self, x: Tensor) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.source: dict[int, int] = {id(x): -1}  # tensor id -> producing op (views followed)
         self.keep: list[Any] = [x]  # keep tensors alive so ids stay unique
         self.names: list[str] = []
@@ -146,7 +146,7 @@ class _Run(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Calibrates (``observe``) or applies (``fake``) the plan's activation quantisation."""
 
     def __init__(self, plan: _Plan, dtype: str, observe: bool) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.plan, self.dtype, self.observe = plan, dtype, observe
         self.index = 0
         self.active: set[int] = set()
@@ -205,7 +205,7 @@ class Simulated(nn.Module):
     """
 
     def __init__(self, model: nn.Module, dtype: str, plan: _Plan) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.inner, self.dtype, self.plan = model, dtype, plan
 
     def forward(self, x: Tensor) -> Tensor:
