@@ -205,7 +205,7 @@ class Simulated(nn.Module):
     """
 
     def __init__(self, model: nn.Module, dtype: str, plan: _Plan) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()
         self.inner, self.dtype, self.plan = model, dtype, plan
 
     def forward(self, x: Tensor) -> Tensor:
