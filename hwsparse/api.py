@@ -14,15 +14,19 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwsparse import train as T
 from hwsparse.cost.flops import FlopCount, count_flops
+from hwsparse.cost.profiles import load_profile
 from hwsparse.data import Dataset, load_dataset
 from hwsparse.errors import InputError, valid_names
 from hwsparse.masks import check_density
 from hwsparse.models import build_model
-from hwsparse.tickets import save_ticket
+from hwsparse.tickets import load_ticket, save_ticket
+
+if TYPE_CHECKING:
+    from hwsparse.deploy.export import Export
 
 
 @dataclass
@@ -215,4 +219,35 @@ def _aggregate(method: str, results: list[T.RunResult]) -> CompareRow:
         seconds_mean=statistics.fmean(r.seconds for r in results),
         seeds=len(results),
         diverged=len(results) - len(ok),
+    )
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+def export(
+    ticket_dir: str | Path,
+    target: str | Path,
+    out: str | Path,
+    *,
+    format: str | None = None,
+    dtype: str | None = None,
+    data_dir: str | Path | None = None,
+) -> Export:
+    """Deploy a saved ticket for ``target``: compacted, at its precision, in its runtime's
+    format, verified there; ``out/card.json`` says what it is (:mod:`hwsparse.deploy.export`).
+
+    The ticket's own dataset gives the calibration inputs and the test split.
+    """
+    from hwsparse.deploy.export import export_ticket  # its runtimes load only when exporting
+
+    t = load_ticket(ticket_dir)
+    data = load_dataset(str(t.meta.get("dataset", "digits")), data_dir)
+    found = {
+        "ticket": str(ticket_dir),
+        "method": t.meta.get("method"),
+        "config": t.meta.get("config"),
+    }
+    return export_ticket(
+        t, load_profile(target), data, out, format=format, dtype=dtype, found=found
     )

@@ -270,23 +270,48 @@ def _importance_panel(study: optuna.Study, ax: Any) -> None:
 # --- export card ---------------------------------------------------------------------------------
 
 
-def card(study: optuna.Study, trial: FrozenTrial, onnx: dict[str, Any]) -> dict[str, Any]:
-    """`card.json`: what the exported ticket is, how it was found, what it costs, where."""
-    stored = study.user_attrs.get(PICK_ATTR) or {}
-    row = trial_row(trial)
-    row["test_accuracy"] = (
-        stored.get("test_accuracy") if stored.get("trial") == trial.number else None
+def _kib(n: Any) -> str:
+    return "unknown" if n is None else f"{n / 1024:.1f} KiB ({n:,} B)"
+
+
+def export_table(card: dict[str, Any], out: str) -> Table:
+    """What ``hwsparse export`` wrote and measured (``card`` from hwsparse.deploy.export)."""
+    acc, est, agree = card["accuracy"], card["estimate"], card["agreement"]
+    t = Table(title=f"Exported to {out}/", title_justify="left")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_column("how it was obtained")
+    target = card["target"]
+    t.add_row("artifact", card["artifact"], f"{card['format']} {card['dtype']}")
+    t.add_row("target", target["id"], target["runtime"])
+    t.add_row("artifact size", _kib(card["artifact_bytes"]), "file on disk")
+    t.add_row("weights (estimate)", _kib(est["weight_bytes"]), ", ".join(est["weight_formats"]))
+    t.add_row(
+        "parameters",
+        f"{card['params']:,}",
+        f"compacted from {card['params_before_compaction']:,}",
     )
-    return {
-        "study": study.study_name,
-        "trial": trial.number,
-        "picked": (pick(study) or trial).number == trial.number,
-        "config": study.user_attrs.get(CONFIG_ATTR),
-        "metrics": row,
-        "units": {
-            "latency_ms": "milliseconds, batch 1, estimated from the device profile",
-            "flops": "fvcore count, 1 multiply-add = 1 flop, batch 1, masked weights removed",
-            "weight_bytes": "bytes in the smallest storage format the target runtime reads",
-        },
-        "onnx": onnx,
-    }
+    t.add_row("latency ms", _ms(est), r"profile estimate \[band], batch 1")
+    t.add_row("FLOPs", f"{est['flops']:,}", "1 multiply-add = 1 flop")
+    t.add_row(f"test accuracy ({card['dtype']} artifact)", f"{_pct(acc['artifact_test'])} %",
+              f"{card['runtime_verified']}, {acc['n']} samples of {acc['dataset']}")  # fmt: skip
+    t.add_row("test accuracy (fp32 torch)", f"{_pct(acc['fp32_test'])} %", "compacted network")
+    t.add_row(
+        "test accuracy (simulated)", f"{_pct(acc['simulated_test'])} %", "what the search scored"
+    )
+    measure = (
+        f"{100 * agree['argmax']:.2f} % same class"
+        if card["dtype"] == "int8"
+        else f"max |diff| {agree['max_abs_diff']:.2e}"
+    )
+    ok = "[green]ok[/green]" if agree["ok"] else "[red]MISMATCH[/red]"
+    t.add_row("agreement with torch", f"{measure} {ok}", f"{agree['n_checked']} test inputs")
+    io = card["input"]
+    if io.get("scale") is not None:
+        t.add_row(
+            "input quantization",
+            f"q = x / {io['scale']:.6g} + {io['zero_point']}",
+            f"{io.get('dtype')} {io.get('shape')}",
+        )
+    t.add_row("card", "card.json", "all of the above, with units and how it was found")
+    return t

@@ -127,7 +127,8 @@ def load_ticket(directory: str | Path) -> Ticket:
         payload = torch.load(weights_path, map_location="cpu", weights_only=True)
         state, masks = payload["state_dict"], payload["masks"]
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise InputError(f"{weights_path} cannot be read as ticket weights: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{weights_path} cannot be read as ticket weights: {first}") from None
     model = build_model(model_name, input_shape, num_classes)
     try:
         model.load_state_dict(state)

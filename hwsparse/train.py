@@ -41,6 +41,7 @@ from torch import nn
 
 from hwsparse import masks as M
 from hwsparse.data import Dataset
+from hwsparse.deploy.compact import Silenced, silence
 from hwsparse.errors import InputError
 from hwsparse.penalties import PENALTIES, get_penalty, resolve_eps
 
@@ -209,6 +210,8 @@ class _Run:
         self.x_train, self.y_train = data.x_train.to(d), data.y_train.to(d)
         self.x_val, self.y_val = data.x_val.to(d), data.y_val.to(d)
         self.x_test, self.y_test = data.x_test.to(d), data.y_test.to(d)
+        self.input_shape = data.input_shape
+        self.silenced: Silenced | None = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epochs = 0
         self.steps = 0
@@ -310,10 +313,21 @@ class _Run:
             snapshot = weight_state(model)
         return snapshot
 
+    def silence(self, model: nn.Module, masks: M.Masks) -> None:
+        """Keep the ticket's dead channels exactly zero while it trains (deploy/compact.py)."""
+        self.unsilence()
+        self.silenced = silence(model, self.input_shape, masks)
+
+    def unsilence(self) -> None:
+        if self.silenced is not None:
+            self.silenced.remove()
+            self.silenced = None
+
     def result(
         self, method: str, model: nn.Module, masks: M.Masks, message: str = ""
     ) -> RunResult:
         """Bake the masks into ``model`` and evaluate it on val and test."""
+        self.unsilence()
         M.detach_masks(model, bake=True)
         model.eval()
         return RunResult(
@@ -367,11 +381,15 @@ def weight_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _rewind(model: nn.Module, state: dict[str, torch.Tensor], masks: M.Masks) -> nn.Module:
-    """Bare ``model`` with ``state`` loaded and the binary ``masks`` fixed on it."""
+def _rewind(
+    model: nn.Module, state: dict[str, torch.Tensor], masks: M.Masks, run: _Run
+) -> nn.Module:
+    """Bare ``model`` with ``state`` loaded, the binary ``masks`` fixed on it, dead channels
+    silenced (exactly zero until ``run.result``, so the trained ticket is the costed network)."""
     M.detach_masks(model, bake=False)
     model.load_state_dict(state)
     M.attach_fixed(model, masks)
+    run.silence(model, masks)
     return model
 
 
@@ -502,7 +520,7 @@ def run_ticket(
                 result = run.result(method, model, masks, str(exc))
                 result.status = "skipped"
                 return result
-        _rewind(model, snapshot, masks)
+        _rewind(model, snapshot, masks, run)
         kept = M.global_density(model, masks)
         run.train(model, config.epochs, "ticket", density=lambda: kept)
         return run.result(method, model, masks, message)
@@ -593,7 +611,7 @@ def run_imp(
                 # LTH practice: the output layer is pruned at half the rate of the others.
                 scores = _imp_output_layer(scores, masks, last, baseline.prune_rate / 2)
             masks = M.top_k_masks(model, scores, scores, current)
-            _rewind(model, snapshot, masks)
+            _rewind(model, snapshot, masks, run)
             run.train(model, config.epochs, f"imp round {r}/{rounds}")
         return run.result("imp", model, masks)
 
@@ -642,7 +660,7 @@ def run_magnitude(
         assert snapshot is not None
         scores = _magnitudes(model, {}, names)
         masks = M.top_k_masks(model, scores, scores, density)
-        _rewind(model, snapshot, masks)
+        _rewind(model, snapshot, masks, run)
         run.train(model, config.epochs, "ticket")
         return run.result("magnitude", model, masks)
 
@@ -670,6 +688,7 @@ def run_random(
         scores = {n: torch.rand(M.raw_weight(modules[n]).shape, generator=gen) for n in names}
         masks = M.top_k_masks(model, scores, scores, density)
         M.attach_fixed(model, masks)
+        run.silence(model, masks)
         run.train(model, config.epochs, "ticket")
         return run.result("random", model, masks)
 
@@ -734,7 +753,7 @@ def run_cs(
         tie = {n: M.magnitude_tiebreak(M.raw_weight(modules[n]).detach(), logits[n].shape)
                for n in relaxed}  # fmt: skip
         masks = M.top_k_masks(model, logits, tie, density)
-        _rewind(model, snapshot, masks)
+        _rewind(model, snapshot, masks, run)
         run.train(model, config.epochs, "ticket")
         return run.result("cs", model, masks)
 

@@ -217,9 +217,15 @@ def test_cli_search_show_plot_export(tmp_path: Path) -> None:
     r = runner.invoke(app, ["export", "c", *base, "--out", str(out), "--json"])
     assert r.exit_code == 0, r.stderr
     card = json.loads((out / "card.json").read_text())
-    assert card["trial"] == picked["trial"] and card["onnx"]["matches_torch"]
-    assert card["config"]["budget"] == {"latency_ms": 10.0}
-    assert (out / "ticket" / "weights.pt").is_file() and (out / "model.onnx").is_file()
+    assert card == {k: v for k, v in json.loads(r.stdout).items() if k != "out"}
+    assert card["found"]["trial"] == picked["trial"] and card["agreement"]["ok"]
+    assert card["budget"] == {"latency_ms": 10.0}
+    # Raspberry Pi 4's first engine is XNNPACK (LiteRT), fp32: a .tflite verified in LiteRT
+    assert (card["format"], card["dtype"]) == ("tflite", "fp32")
+    assert (out / card["artifact"]).stat().st_size == card["artifact_bytes"]
+    assert card["accuracy"]["artifact_test"] == pytest.approx(card["accuracy"]["fp32_test"])
+    assert card["params"] <= card["params_before_compaction"]
+    assert (out / "ticket" / "weights.pt").is_file()
     # the optuna CLI reads the same storage
     optuna_cli = Path(sys.executable).with_name("optuna")
     res = subprocess.run(

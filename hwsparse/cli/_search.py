@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hwsparse import report, search
+from hwsparse import api, report, search
 from hwsparse.cli import app
 from hwsparse.cli._common import (
     AsJson,
@@ -276,48 +276,94 @@ def plot(
 
 @app.command()
 def export(
-    study: Annotated[str, typer.Argument(help="Study name.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the export to.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder to write the artifact, ticket and card to.")
+    ],
     trial: Annotated[
         int | None, typer.Option(help="Trial number (default: the picked ticket).")
     ] = None,
+    study: Annotated[
+        str | None, typer.Argument(help="Study name (or give --ticket DIR instead).")
+    ] = None,
+    ticket: Annotated[
+        Path | None,
+        typer.Option(help="A ticket folder (from `hwsparse ticket --out`) to deploy, no study."),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Device profile id or YAML path (with --ticket; a study has its own)."),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="onnx or tflite (default: what the target's runtime reads)."
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="fp32, fp16 or int8 (default: the target engine's dtype)."),
+    ] = None,
     storage: StorageOpt = None,
+    data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """A trial's ticket: weights + mask, an ONNX file checked in onnxruntime, and card.json."""
-    from hwsparse._json import dumps
-    from hwsparse.export import export_onnx
+    """The deployable artifact: compacted, at the target's precision, in its runtime's format,
+    verified in that runtime (agreement, accuracy, bytes), with card.json.
+
+    From a study (its pick, or --trial N), or from a ticket folder with --ticket DIR --target ID.
+    """
+    from hwsparse.cost.profiles import load_profile
+    from hwsparse.data import load_dataset
+    from hwsparse.deploy.export import export_ticket
     from hwsparse.tickets import load_ticket
 
     with user_errors():
-        store = search.open_storage(storage)
-        s = search.load_study(study, store)
-        chosen = _trial(s, trial)
-        ticket_dir = out_dir / "ticket"
-        if ticket_dir.exists():
-            shutil.rmtree(ticket_dir)
-        search.fetch_ticket(s, chosen, store, ticket_dir)
-        ticket = load_ticket(ticket_dir)
-        check = export_onnx(ticket.model, ticket.input_shape, out_dir / "model.onnx")
-        onnx = {
-            "file": "model.onnx",
-            "opset": check.opset,
-            "max_abs_diff_vs_torch": check.max_abs_diff,
-            "matches_torch": check.ok,
-        }
-        card = report.card(s, chosen, onnx)
-        (out_dir / "card.json").write_text(dumps(card))
+        if (study is None) == (ticket is None):
+            raise InputError("give a study name or --ticket DIR (one of them)")
+        if ticket is not None:
+            if target is None:
+                raise InputError("--ticket needs --target ID|PATH (see `hwsparse devices`)")
+            with err.status(f"compacting, converting and verifying for {target}"):
+                done = api.export(
+                    ticket, target, out_dir, format=fmt, dtype=dtype, data_dir=data_dir
+                )
+        else:
+            assert study is not None
+            if target is not None:
+                raise InputError("--target is only for --ticket; a study exports for its own")
+            store = search.open_storage(storage)
+            s = search.load_study(study, store)
+            chosen = _trial(s, trial)
+            ticket_dir = out_dir / "ticket"
+            if ticket_dir.exists():
+                shutil.rmtree(ticket_dir)
+            search.fetch_ticket(s, chosen, store, ticket_dir)
+            t = load_ticket(ticket_dir)
+            cfg = s.user_attrs.get(search.CONFIG_ATTR) or {}
+            profile = load_profile(cfg.get("target", DEFAULT_TARGET))
+            dataset = str(cfg.get("dataset", t.meta.get("dataset", "digits")))
+            found = {
+                "study": study,
+                "storage": store.url,
+                "trial": chosen.number,
+                "picked": (search.pick(s) or chosen).number == chosen.number,
+                "params": chosen.params,
+                "val_accuracy": chosen.user_attrs.get("val_accuracy"),
+                "config": cfg,
+            }
+            budget = Budget(**cfg.get("budget", {}))
+            data = load_dataset(dataset, data_dir)
+            with err.status(f"compacting, converting and verifying for {profile.id}"):
+                done = export_ticket(
+                    t, profile, data, out_dir, format=fmt, dtype=dtype, budget=budget, found=found
+                )
+    card = done.card
     if as_json:
         print_json({"out": str(out_dir), **card})
-        return
-    out.print(f"exported trial {chosen.number} of {study} to {out_dir}/")
-    out.print("  ticket/       weights + binary mask + config (hwsparse.tickets.load_ticket)")
-    out.print(
-        f"  model.onnx    max |onnxruntime - torch| = {check.max_abs_diff:.2e} "
-        f"({'matches' if check.ok else 'DOES NOT match'})"
-    )
-    out.print("  card.json     metrics, budget, target, units")
-    if not check.ok:
+    else:
+        out.print(report.export_table(card, str(out_dir)))
+    if not done.ok:
+        err.print("the artifact does NOT agree with the torch network (see agreement)")
         raise typer.Exit(code=1)
 
 

@@ -245,10 +245,17 @@ class Liveness:
         live_inputs: for every Conv/Linear, a bool vector over its input channels
             (Conv: ``C_in``; Linear: ``in_features``) that is True where data arrives.
         live_fraction: for every other leaf module, the live share of its input elements.
+        live_outputs: for every Conv/Linear, a bool vector over its output channels
+            (Conv: ``C_out``; Linear: ``out_features``) that is True where its output carries
+            data; False is a *dead* channel (what a compacted network removes).
+        live_norms: for every BatchNorm, a bool vector over its channels that is True where
+            its input carries data.
     """
 
     live_inputs: Mapping[str, Tensor]
     live_fraction: Mapping[str, float]
+    live_outputs: Mapping[str, Tensor] = field(default_factory=dict)
+    live_norms: Mapping[str, Tensor] = field(default_factory=dict)
 
 
 def check_masks(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
@@ -307,28 +314,46 @@ def _positive_state(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, 
 def channel_liveness(
     model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, Tensor]
 ) -> Liveness:
-    """Which input channels of each layer carry data once the masked weights are removed.
+    """Which channels of each layer carry data once the masked weights are removed.
 
     See the module docstring for the method. ``masks`` must come from :func:`check_masks`.
+    Besides the input channels of every Conv/Linear, it records their output channels and the
+    channels entering every BatchNorm (:class:`Liveness`); a channel is *dead* where these are
+    False. :mod:`hwsparse.deploy.compact` makes dead channels exactly zero and removes them.
     """
     live_inputs: dict[str, Tensor] = {}
     live_fraction: dict[str, float] = {}
+    live_outputs: dict[str, Tensor] = {}
+    live_norms: dict[str, Tensor] = {}
     handles = []
+
+    def per_channel(into: dict[str, Tensor], name: str, x: Tensor, last: bool) -> None:
+        # channel axis: the last one for Linear, 1 for conv / batch-norm (N, C, ...) tensors
+        if last:
+            live = (x != 0).reshape(-1, x.shape[-1]).any(dim=0)
+        else:
+            live = (x != 0).transpose(0, 1).reshape(x.shape[1], -1).any(dim=1)
+        prev = into.get(name)
+        into[name] = live if prev is None else (prev | live)
 
     def conv_pre(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            if isinstance(mod, nn.Linear):
-                live = (x != 0).reshape(-1, x.shape[-1]).any(dim=0)
-            else:
-                live = (x != 0).transpose(0, 1).reshape(x.shape[1], -1).any(dim=1)
-            prev = live_inputs.get(name)
-            live_inputs[name] = live if prev is None else (prev | live)
+            per_channel(live_inputs, name, args[0], isinstance(mod, nn.Linear))
 
         return hook
 
-    def binarize(mod: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
-        return (out != 0).to(out.dtype)
+    def binarize(name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]:
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
+            per_channel(live_outputs, name, out, isinstance(mod, nn.Linear))
+            return (out != 0).to(out.dtype)
+
+        return hook
+
+    def norm_pre(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            per_channel(live_norms, name, args[0], False)
+
+        return hook
 
     def other_pre(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
@@ -341,9 +366,11 @@ def channel_liveness(
     for name, mod in model.named_modules():
         if isinstance(mod, MASKABLE):
             handles.append(mod.register_forward_pre_hook(conv_pre(name)))
-            handles.append(mod.register_forward_hook(binarize))
+            handles.append(mod.register_forward_hook(binarize(name)))
         elif not any(True for _ in mod.children()):
             handles.append(mod.register_forward_pre_hook(other_pre(name)))
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            handles.append(mod.register_forward_pre_hook(norm_pre(name)))
     was_training = model.training
     model.eval()
     try:
@@ -355,7 +382,12 @@ def channel_liveness(
         model.train(was_training)
         for h in handles:
             h.remove()
-    return Liveness(live_inputs=live_inputs, live_fraction=live_fraction)
+    return Liveness(
+        live_inputs=live_inputs,
+        live_fraction=live_fraction,
+        live_outputs=live_outputs,
+        live_norms=live_norms,
+    )
 
 
 def kept_weights(mod: nn.Module, kept: Tensor | None, live_in: Tensor | None) -> Tensor:

@@ -15,7 +15,10 @@ format, for a value width of ``v`` bytes (fp32 4, fp16 2, int8 1):
 Each layer takes the smallest format the target runtime can read (the profile's
 ``sparsity.weight_formats``); reference/devices.md §4.5 has the break-even points. Other
 parameters (biases, batch-norm) are stored dense; at int8 a bias is int32 (4 bytes), as in
-TFLite/CMSIS-NN. Masked weights are counted once even if a layer is called several times.
+TFLite/CMSIS-NN. The bias of a dead Conv/Linear output channel and the batch-norm (gamma, beta)
+of a dead channel go with their channel and are not counted (``nonzero_params`` is then exactly
+the live parameter count of :func:`hwsparse.deploy.compact.compact`'s network). Masked weights
+are counted once even if a layer is called several times.
 
 Activations. The peak is taken over the execution order recorded by
 :func:`hwsparse.cost.dataflow.trace`: a buffer is live from the op that writes it to the last
@@ -125,8 +128,14 @@ def _delta8_padding(keep: Tensor) -> int:
     return int(((gaps - 1) // 255).clamp(min=0).sum())
 
 
-def _compact(keep: Tensor, live_in: Tensor | None, mod: nn.Module) -> Tensor:
-    """Kept-weight matrix with dead output rows and dead input columns removed."""
+def _compact(
+    keep: Tensor, live_in: Tensor | None, mod: nn.Module, live_out: Tensor | None = None
+) -> Tensor:
+    """Kept-weight matrix with dead output rows and dead input columns removed.
+
+    A row is dead when the liveness pass says its output carries nothing (``live_out`` False),
+    or, without that, when it keeps no weight on a live input.
+    """
     rows = keep.reshape(keep.shape[0], -1)
     if live_in is not None and not isinstance(mod, nn.Linear):
         groups = int(getattr(mod, "groups", 1))
@@ -136,6 +145,8 @@ def _compact(keep: Tensor, live_in: Tensor | None, mod: nn.Module) -> Tensor:
             rows = rows[:, cols]
     elif live_in is not None:
         rows = rows[:, live_in.to(keep.device)]
+    if live_out is not None:
+        return rows[live_out.to(keep.device) & rows.any(dim=1)]
     return rows[rows.any(dim=1)]
 
 
@@ -153,8 +164,9 @@ def weight_storage(
         if not isinstance(mod, MASKABLE):
             continue
         live_in = liveness.live_inputs.get(name) if liveness is not None else None
+        live_out = liveness.live_outputs.get(name) if liveness is not None else None
         keep = kept_weights(mod, masks.get(name), live_in)
-        compact = _compact(keep, live_in, mod)
+        compact = _compact(keep, live_in, mod, live_out)
         options = {fmt: format_bytes(compact, value_bytes, fmt) for fmt in formats}
         best = min(options, key=lambda f: (options[f], WEIGHT_FORMATS.index(f)))
         rows.append(
@@ -169,6 +181,32 @@ def weight_storage(
             )
         )
     return tuple(rows)
+
+
+def dead_channel_params(model: nn.Module, liveness: Liveness | None) -> int:
+    """Bias entries of dead Conv/Linear outputs and BatchNorm (gamma, beta) of dead channels.
+
+    They go with their channel when it is compacted away (``hwsparse.deploy.compact`` keeps them
+    at exactly zero while a ticket trains), so they are not parameters left after compaction.
+    """
+    if liveness is None:
+        return 0
+    dead = 0
+    seen: set[int] = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, MASKABLE):
+            live, params = liveness.live_outputs.get(name), [mod.bias]
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            live, params = liveness.live_norms.get(name), [mod.weight, mod.bias]
+        else:
+            continue
+        if live is None:
+            continue
+        for p in params:
+            if isinstance(p, Tensor) and id(p) not in seen and p.numel() == live.numel():
+                seen.add(id(p))
+                dead += int((~live).sum())
+    return dead
 
 
 def peak_activation(trace: Trace, dtype: str) -> tuple[int, int]:
@@ -217,12 +255,13 @@ def memory_cost(
     other_bytes = DTYPE_BYTES[dtype] if dtype != "int8" else 4
     other = [p for p in model.parameters() if id(p) not in masked_weights]
     other_elems = sum(p.numel() for p in other)
+    live_other = other_elems - dead_channel_params(model, liveness)
     params = count_params(model)
     peak, at = peak_activation(trace, dtype)
     return MemoryEstimate(
         params=params,
-        nonzero_params=sum(r.nnz for r in layers) + other_elems,
-        weight_bytes=sum(r.bytes for r in layers) + other_elems * other_bytes,
+        nonzero_params=sum(r.nnz for r in layers) + live_other,
+        weight_bytes=sum(r.bytes for r in layers) + live_other * other_bytes,
         dense_weight_bytes=sum(r.dense_bytes for r in layers) + other_elems * other_bytes,
         peak_activation_bytes=peak,
         peak_op=at,
