@@ -249,5 +249,12 @@ def export(
         "config": t.meta.get("config"),
     }
     return export_ticket(
-        t, load_profile(target), data, out, format=format, dtype=dtype, found=found
+        t,
+        load_profile(target),
+        data,
+        out,
+        format=format,
+        dtype=dtype,
+        found=found,
+        ticket_dir=ticket_dir,
     )

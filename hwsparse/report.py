@@ -36,6 +36,8 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "latency_ms_high": a.get("latency_ms_high"),
         "weight_bytes": a.get("weight_bytes"),
         "peak_activation_bytes": a.get("peak_activation_bytes"),
+        "ram_bytes": a.get("ram_bytes"),  # what a --ram-kb budget checks
+        "strength_final": a.get("strength_final"),  # penalty lambda the search phase ended with
         "fits_budget": a.get("fits_budget"),
         "violations": a.get("violations"),
         "cut_from_density": a.get("cut_from_density"),
@@ -98,6 +100,25 @@ def pick_row(chosen: FrozenTrial | None, stored: dict[str, Any]) -> dict[str, An
 
 # --- rich tables ---------------------------------------------------------------------------------
 
+# Budget keys as stored (hwsparse.cost.estimate.Budget) -> the flags that set them.
+BUDGET_FLAGS = {"latency_ms": "--latency-ms", "weight_kb": "--flash-kb", "ram_kb": "--ram-kb",
+                "mflops": "--max-mflops"}  # fmt: skip
+
+
+def budget_flags(budget: dict[str, Any] | None) -> str:
+    """A stored budget as the flags that set it, e.g. ``--latency-ms 1 --flash-kb 16``."""
+    parts = [
+        f"{BUDGET_FLAGS.get(k, '--' + k.replace('_', '-'))} {v:g}"
+        for k, v in (budget or {}).items()
+        if v is not None
+    ]
+    return " ".join(parts) or "none"
+
+
+def _not_trained(row: dict[str, Any]) -> bool:
+    """Over budget at every density: the ticket was never trained (status ``skipped``)."""
+    return row.get("status") == "skipped"
+
 
 def _pct(x: Any) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
@@ -128,31 +149,62 @@ _STATE = {"COMPLETE": "done", "PRUNED": "pruned", "FAIL": "fail", "RUNNING": "ru
           "WAITING": "queued"}  # fmt: skip
 
 
-def trials_table(study: optuna.Study, limit: int | None = None) -> Table:
-    """Trials, one row each (validation accuracy; latency is the target profile's estimate)."""
-    t = Table(title=f"Trials of {study.study_name}", title_justify="left")
-    cols = ("#", "state", "penalty", "gran", "density", "val %", "lat ms", "kFLOP", "KiB", "fits")
+def _size(n: Any) -> str:
+    """Bytes, short: ``7.9K`` (KiB) or ``200M`` (MiB)."""
+    if n is None:
+        return "—"
+    kib = float(n) / 1024
+    return f"{kib:.3g}K" if kib < 1024 else f"{kib / 1024:.3g}M"
+
+
+def trials_table(study: optuna.Study, limit: int | None = None, width: int | None = None) -> Table:
+    """Trials, one row each (validation accuracy; latency is the target profile's estimate).
+
+    Short headers, explained in the caption; a RAM column when the study has a RAM budget.
+    Below 100 columns of ``width`` the granularity and FLOPs columns are left out (``show
+    --json`` has them), so the table fits 80 columns.
+    """
+    budget = (study.user_attrs.get(CONFIG_ATTR) or {}).get("budget") or {}
+    narrow = width is not None and width < 100
+    ram = budget.get("ram_kb") is not None
+    t = Table(
+        title=f"Trials of {study.study_name}",
+        title_justify="left",
+        caption="dens: achieved density (kept / all weights); val %: validation accuracy as "
+        "deployed ('not trained': over budget at any density); flash: weights"
+        + ("; RAM: activations + runtime" if ram else "")
+        + " (K = KiB, M = MiB)",
+        caption_justify="left",
+    )
+    cols = ["#", "state", "penalty", "gran", "dens", "val %", "lat ms", "kFLOP", "flash"]
+    if narrow:
+        cols.remove("gran")
+        cols.remove("kFLOP")
+    if ram:
+        cols.append("RAM")
+    cols.append("fits")
     for col in cols:
-        t.add_column(
-            col, justify="left" if col in ("state", "penalty", "gran", "fits") else "right"
-        )
+        left = col in ("state", "penalty", "gran", "fits")
+        t.add_column(col, justify="left" if left else "right", no_wrap=col != "val %")
     trials = study.get_trials(deepcopy=False)
     for tr in trials[-limit:] if limit else trials:
         r = trial_row(tr)
         done = r["state"] == "COMPLETE"
         lat = r["latency_ms"]
-        t.add_row(
-            str(r["trial"]),
-            _STATE.get(r["state"], r["state"].lower()),
-            str(tr.params.get("penalty", "")),
-            str(tr.params.get("granularity", ""))[:2],
-            "—" if r["density"] is None else f"{r['density']:.3g}",
-            _pct(r["val_accuracy"]),
-            f"{lat:.3g}" if done and lat is not None else "—",
-            "—" if r["flops"] is None else f"{r['flops'] / 1e3:.4g}",
-            "—" if r["weight_bytes"] is None else f"{r['weight_bytes'] / 1024:.3g}",
-            _fits(r, short=True) if done else "—",
-        )
+        cells = {
+            "#": str(r["trial"]),
+            "state": _STATE.get(r["state"], r["state"].lower()),
+            "penalty": str(tr.params.get("penalty", "")),
+            "gran": str(tr.params.get("granularity", ""))[:2],
+            "dens": "—" if r["density"] is None else f"{r['density']:.3g}",
+            "val %": "not trained" if _not_trained(r) else _pct(r["val_accuracy"]),
+            "lat ms": f"{lat:.3g}" if done and lat is not None else "—",
+            "kFLOP": "—" if r["flops"] is None else f"{r['flops'] / 1e3:.4g}",
+            "flash": _size(r["weight_bytes"]),
+            "RAM": _size(r["ram_bytes"]),
+            "fits": _fits(r, short=True) if done else "—",
+        }
+        t.add_row(*(cells[c] for c in cols))
     return t
 
 
@@ -168,21 +220,33 @@ def pick_table(info: dict[str, Any]) -> Table:
         t.add_row("trials completed", "0")
         return t
     t.add_row("trial", str(row["trial"]))
-    for k, v in row["params"].items():
-        t.add_row(f"  {k}", f"{v:.4g}" if isinstance(v, float) else str(v))
+    params = row["params"]
+    for k, v in params.items():
+        label = "target density (sampled)" if k == "density" else k
+        t.add_row(f"  {label}", f"{v:.4g}" if isinstance(v, float) else str(v))
+    if "eps_factor" in params:
+        t.caption = "eps_factor scales the penalty's default eps"
+        t.caption_justify = "left"
     dtype = row.get("dtype") or "fp32"
-    t.add_row(f"val accuracy ({dtype}, as deployed)", f"{_pct(row['val_accuracy'])} %")
-    if row.get("val_accuracy_fp32") is not None and dtype != "fp32":
-        t.add_row("val accuracy (fp32)", f"{_pct(row['val_accuracy_fp32'])} %")
+    if _not_trained(row):
+        t.add_row("val accuracy", "not trained (over budget at any density)")
+    else:
+        t.add_row(f"val accuracy ({dtype}, as deployed)", f"{_pct(row['val_accuracy'])} %")
+        if row.get("val_accuracy_fp32") is not None and dtype != "fp32":
+            t.add_row("val accuracy (fp32)", f"{_pct(row['val_accuracy_fp32'])} %")
     if picked:
         t.add_row(
             f"test accuracy ({dtype}, evaluated once)", f"{_pct(row.get('test_accuracy'))} %"
         )
-    t.add_row("density", f"{row['density']:.4f}")
+    t.add_row("achieved density", f"{row['density']:.4f}")
+    if row.get("strength_final") is not None:
+        t.add_row("λ, penalty strength at the end", f"{row['strength_final']:.3g}")
     t.add_row("latency ms (estimate \\[band])", _ms(row))
     t.add_row("FLOPs (1 MAC = 1 flop)", f"{row['flops']:,}")
-    t.add_row("weights", f"{row['weight_bytes'] / 1024:.1f} KiB")
+    t.add_row("weights (--flash-kb checks)", f"{row['weight_bytes'] / 1024:.1f} KiB")
     t.add_row("peak activations", f"{row['peak_activation_bytes'] / 1024:.1f} KiB")
+    if row.get("ram_bytes") is not None:
+        t.add_row("RAM (--ram-kb checks)", f"{row['ram_bytes'] / 1024:.1f} KiB")
     t.add_row("fits budget", _fits(row))
     return t
 
@@ -190,8 +254,20 @@ def pick_table(info: dict[str, Any]) -> Table:
 # --- pictures ------------------------------------------------------------------------------------
 
 
+def front_2d(points: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """The 2-D non-dominated points of ``(x, accuracy, id)``: lower x and higher accuracy are
+    better. Sorted by x, accuracy strictly rising (the staircase of the best accuracy that
+    costs no more than x)."""
+    front: list[tuple[float, float, int]] = []
+    for x, y, i in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y, i))
+    return front
+
+
 def plot_study(study: optuna.Study, path: str | Path) -> Path:
-    """Accuracy vs latency (or MFLOPs), feasible vs not, budget line, pick; and importances."""
+    """Accuracy vs latency (or MFLOPs) with the 2-D Pareto front and every active budget, plus
+    accuracy vs weights and vs RAM (their budgets drawn), and parameter importances."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,54 +276,101 @@ def plot_study(study: optuna.Study, path: str | Path) -> Path:
     config = study.user_attrs.get(CONFIG_ATTR) or {}
     budget = config.get("budget", {})
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    use_latency = all(t.user_attrs.get("latency_ms") is not None for t in done) and done
-    key, label, unit, limit = (
-        ("latency_ms", "estimated latency on the target (ms)", "ms", budget.get("latency_ms"))
+    use_latency = bool(done) and all(t.user_attrs.get("latency_ms") is not None for t in done)
+    main = (
+        ("latency_ms", "estimated latency on the target (ms)", 1.0, "latency_ms", "ms")
         if use_latency
-        else ("flops", "MFLOPs (1 multiply-add = 1 flop)", "MFLOPs", budget.get("mflops"))
+        else ("flops", "MFLOPs (1 multiply-add = 1 flop)", 1e-6, "mflops", "MFLOPs")
     )
-    scale = 1.0 if key == "latency_ms" else 1e-6
+    panels = [
+        main,
+        ("weight_bytes", "weights (KiB)", 1 / 1024, "weight_kb", "KiB"),
+        ("ram_bytes", "RAM: activations + runtime (KiB)", 1 / 1024, "ram_kb", "KiB"),
+    ]
+    if use_latency and budget.get("mflops") is not None:
+        panels.append(("flops", "MFLOPs (1 multiply-add = 1 flop)", 1e-6, "mflops", "MFLOPs"))
+
+    fig = plt.figure(figsize=(13, 8.5), layout="constrained")
+    grid = fig.add_gridspec(2, len(panels) - 1 if len(panels) > 2 else 2, height_ratios=[3, 2])
+    top = grid[0, :].subgridspec(1, 2, width_ratios=[3, 2])
+    ax_main, ax_imp = fig.add_subplot(top[0]), fig.add_subplot(top[1])
+    small = [fig.add_subplot(grid[1, i]) for i in range(len(panels) - 1)]
+    chosen = pick(study)
+    for ax, (key, label, scale, limit_key, unit) in zip([ax_main, *small], panels, strict=True):
+        _scatter_panel(ax, done, key, label, scale, budget.get(limit_key), unit, chosen,
+                       front=ax is ax_main)  # fmt: skip
+    ax_main.set_title(f"{study.study_name}: {config.get('model')} on {config.get('target')}"
+                      f" (budget {budget_flags(budget)})", fontsize=10)  # fmt: skip
+    # below the axes: inside, a legend hides points
+    ax_main.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
+    for ax in small:
+        ax.set_ylabel("val accuracy (%)", fontsize=8)
+    _importance_panel(study, ax_imp)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _scatter_panel(
+    ax: Any,
+    done: list[FrozenTrial],
+    key: str,
+    label: str,
+    scale: float,
+    limit: float | None,
+    unit: str,
+    chosen: FrozenTrial | None,
+    front: bool,
+) -> None:
+    """Validation accuracy against one cost: fits / over budget / not trained, the budget line,
+    the pick, and (``front``) the staircase of the 2-D Pareto front of the feasible trials."""
+    have = [t for t in done if t.user_attrs.get(key) is not None]
+    biggest = max([float(t.user_attrs[key]) * scale for t in have] + [limit or 0.0])
+    if unit == "KiB" and biggest > 10 * 1024:  # MiB reads better (a board's RAM)
+        scale, unit, label = scale / 1024, "MiB", label.replace("KiB", "MiB")
+        limit = None if limit is None else limit / 1024
 
     def xs(ts: list[FrozenTrial]) -> list[float]:
         return [float(t.user_attrs[key]) * scale for t in ts]
 
     def ys(ts: list[FrozenTrial]) -> list[float]:
-        return [100 * float(t.user_attrs["val_accuracy"]) for t in ts]
+        return [100 * float(t.user_attrs.get("val_accuracy", math.nan)) for t in ts]
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    ok = [t for t in done if feasible(t)]
-    bad = [t for t in done if not feasible(t)]
-    ax.scatter(xs(bad), ys(bad), c="lightgray", edgecolors="gray", label="over budget", s=28)
-    ax.scatter(xs(ok), ys(ok), c="tab:blue", label="fits budget", s=28)
-    front = pareto_front(study)
-    if front:
-        f = sorted(front, key=lambda t: float(t.user_attrs[key]))
-        ax.plot(xs(f), ys(f), c="tab:blue", lw=1, alpha=0.6, label="Pareto front (feasible)")
+    untrained = [t for t in have if t.user_attrs.get("status") == "skipped"]
+    ok = [t for t in have if feasible(t)]
+    bad = [t for t in have if not feasible(t) and t not in untrained]
+    ax.scatter(xs(bad), ys(bad), c="lightgray", edgecolors="gray", label="over budget", s=26)
+    if untrained:
+        ax.scatter(xs(untrained), ys(untrained), marker="x", c="gray", s=26,
+                   label="not trained (over budget at any density)")  # fmt: skip
+    ax.scatter(xs(ok), ys(ok), c="tab:blue", label="fits budget", s=26)
+    if front and ok:
+        stairs = front_2d(list(zip(xs(ok), ys(ok), range(len(ok)), strict=True)))
+        ax.step([p[0] for p in stairs], [p[1] for p in stairs], where="post", c="tab:blue",
+                lw=1.2, alpha=0.7, label="Pareto front (feasible, these axes)")  # fmt: skip
     if limit is not None:
         ax.axvline(limit, c="tab:red", ls="--", lw=1, label=f"budget {limit:g} {unit}")
-    chosen = pick(study)
-    if chosen is not None:
-        ax.scatter(xs([chosen]), ys([chosen]), marker="*", s=260, c="gold", edgecolors="black",
+    if chosen is not None and chosen.user_attrs.get(key) is not None:
+        ax.scatter(xs([chosen]), ys([chosen]), marker="*", s=240, c="gold", edgecolors="black",
                    zorder=5, label=f"pick: trial {chosen.number}")  # fmt: skip
-    ax.set_xlabel(label)
+    ax.set_xlabel(label, fontsize=9 if front else 8)
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{study.study_name}: {config.get('model')} on {config.get('target')}")
-    if xs(done) and min(xs(done)) > 0 and max(xs(done)) / min(xs(done)) > 20:
+    values = xs(have) + ([limit] if limit is not None else [])
+    if values and min(values) > 0 and max(values) / min(values) > 20:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    _importance_panel(study, ax2)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    if not front:
+        ax.tick_params(labelsize=8)
+        if limit is None:
+            ax.set_title("no budget on this", fontsize=8, color="gray")
 
 
 def _importance_panel(study: optuna.Study, ax: Any) -> None:
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    ax.set_title(f"importance for validation accuracy (PED-ANOVA, {len(done)} trials)")
+    ax.set_title(f"parameter importance for val accuracy\n(PED-ANOVA, {len(done)} trials)",
+                 fontsize=10)  # fmt: skip
     try:
         with warnings.catch_warnings():
             # the evaluator warns that it ranks for low targets: we negate accuracy for that,
@@ -313,5 +436,8 @@ def export_table(card: dict[str, Any], out: str) -> Table:
             f"q = x / {io['scale']:.6g} + {io['zero_point']}",
             f"{io.get('dtype')} {io.get('shape')}",
         )
+    prep = io.get("preprocessing")
+    if prep:
+        t.add_row("input preprocessing", str(prep.get("description")), "raw sample -> input")
     t.add_row("card", "card.json", "all of the above, with units and how it was found")
     return t

@@ -26,6 +26,8 @@ evaluated once on the test split and that number is stored with the study.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import socket
@@ -33,7 +35,8 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,14 +44,15 @@ from typing import Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from hwsparse import _journal
 from hwsparse import masks as M
 from hwsparse import train as T
-from hwsparse.cost.budget import BudgetCutter
+from hwsparse.cost.budget import BudgetCutter, check_floors, floors
 from hwsparse.cost.estimate import Budget, CostReport, estimate
 from hwsparse.cost.profiles import DeviceProfile, load_profile
 from hwsparse.data import Dataset, load_dataset
@@ -59,13 +63,24 @@ from hwsparse.penalties import get_penalty
 from hwsparse.space import SearchSpace
 from hwsparse.tickets import META_FILE, WEIGHTS_FILE, load_ticket, save_ticket
 
-RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
-DEFAULT_STORAGE = RUNS_DIR / "hwsparse.journal"
+STALE_LOCK_S = 30  # Optuna's grace period: a journal lock this old is left by a dead writer
 STALE_AFTER_S = 600.0  # a RUNNING trial of another host with no heartbeat this long is dead
 CONFIG_ATTR = "hwsparse_config"
 PICK_ATTR = "hwsparse_pick"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _NoFailedTrialLog(logging.Filter):
+    """run_search re-raises every failure of a trial (``catch=()``) to its caller, who reports
+    it (the CLI in one line); Optuna's own log of it (with a traceback) would say it twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Trial ") and " failed with " in msg)
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoFailedTrialLog())
 
 
 # --- storage -------------------------------------------------------------------------------------
@@ -80,6 +95,72 @@ class Storage:
     artifacts: Path
 
 
+def runs_dir() -> Path:
+    """Where runs go by default: ``./runs`` under the folder the user works in (now)."""
+    return Path.cwd() / "runs"
+
+
+def default_storage() -> Path:
+    return runs_dir() / "hwsparse.journal"
+
+
+def __getattr__(name: str) -> Path:  # RUNS_DIR / DEFAULT_STORAGE, evaluated when asked
+    if name == "RUNS_DIR":
+        return runs_dir()
+    if name == "DEFAULT_STORAGE":
+        return default_storage()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Journal(JournalFileBackend):
+    """Optuna's journal file with safe appends (:func:`hwsparse._journal.append`): a write cut
+    off by a full disk or Ctrl-C is removed again, a torn tail of a dead writer is dropped."""
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        with _locked(self._lock):
+            _journal.append(Path(self._file_path), lines.encode("utf-8"))
+
+
+@contextmanager
+def _locked(lock: Any) -> Iterator[None]:  # Optuna's journal lock (acquire/release)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _open_journal(path: Path, create: bool) -> JournalStorage:
+    """Check (reader) or repair (writer, under the journal's lock) the file, then open it."""
+    if create:
+        lock = JournalFileSymlinkLock(str(path), grace_period=STALE_LOCK_S)
+        what = "create its folder"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            what = f"take its lock {path}.lock"
+            with _locked(lock):
+                what = "open it for appending"
+                open(path, "ab").close()
+                what = "drop a torn last record"
+                _journal.repair(path)
+        except OSError as exc:
+            raise InputError(
+                f"cannot write storage {path} ({what}): {exc.strerror or exc}"
+            ) from None
+    else:
+        try:
+            _journal.check(path)
+        except OSError as exc:
+            raise InputError(f"cannot read storage {path}: {exc.strerror or exc}") from None
+    try:
+        return JournalStorage(_Journal(str(path)))
+    except OSError as exc:
+        raise InputError(f"cannot read storage {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # a journal whose records Optuna cannot replay
+        raise InputError(f"cannot read storage {path}: {str(exc).splitlines()[0]}") from None
+
+
 def open_storage(text: str | Path | None = None, *, create: bool = False) -> Storage:
     """Open an Optuna storage: a ``sqlite:///``/``postgresql+psycopg://``/``mysql+pymysql://``
     URL, or a path to a journal file (default ``runs/hwsparse.journal``; best for several
@@ -88,7 +169,7 @@ def open_storage(text: str | Path | None = None, *, create: bool = False) -> Sto
     Artifacts (the tickets) go next to a file storage (``NAME.artifacts/``), else into
     ``runs/artifacts``.
     """
-    raw = str(text) if text is not None else str(DEFAULT_STORAGE)
+    raw = str(text) if text is not None else str(default_storage())
     if "://" in raw:
         if raw.startswith("sqlite:///"):
             db = Path(raw.removeprefix("sqlite:///"))
@@ -96,7 +177,7 @@ def open_storage(text: str | Path | None = None, *, create: bool = False) -> Sto
                 raise InputError(f"no storage at {raw}: the file {db} does not exist")
             artifacts = db.with_suffix(".artifacts")
         else:
-            artifacts = RUNS_DIR / "artifacts"
+            artifacts = runs_dir() / "artifacts"
         try:
             backend: BaseStorage = RDBStorage(
                 raw, engine_kwargs={"connect_args": {"timeout": 30}} if "sqlite" in raw else {}
@@ -110,12 +191,7 @@ def open_storage(text: str | Path | None = None, *, create: bool = False) -> Sto
             f"no storage at {path} (run `hwsparse search` first, or pass --storage "
             "PATH|sqlite:///FILE|postgresql+psycopg://...)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        backend = JournalStorage(JournalFileBackend(str(path)))
-    except Exception as exc:  # a corrupt journal fails while it is replayed
-        raise InputError(f"cannot read storage {path}: {str(exc).splitlines()[0]}") from None
-    return Storage(str(path), backend, path.with_suffix(".artifacts"))
+    return Storage(str(path), _open_journal(path, create), path.with_suffix(".artifacts"))
 
 
 def load_study(name: str, storage: Storage) -> optuna.Study:
@@ -255,11 +331,13 @@ class Objective:
         device: str,
         metrics: list[str],
         on_epoch: T.OnEpoch | None = None,
+        on_trial_start: Callable[[int], None] | None = None,
     ) -> None:
         self.config, self.space, self.data = config, space, data
         self.profile, self.storage, self.device = profile, storage, device
         self.metrics = metrics
         self.on_epoch = on_epoch
+        self.on_trial_start = on_trial_start
         self.store = FileSystemArtifactStore(str(storage.artifacts))
         storage.artifacts.mkdir(parents=True, exist_ok=True)
         self.dtype = profile.engine().dtype  # the precision the target runs the ticket at
@@ -271,6 +349,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         trial.set_user_attr("worker", _worker_id())
         trial.set_user_attr("heartbeat", time.time())
+        if self.on_trial_start is not None:
+            self.on_trial_start(trial.number)
         values = suggest(trial, self.space)
         ticket_cfg, train_cfg = configs(values, self.config.seed + trial.number, self.device)
         cutter = BudgetCutter(
@@ -299,6 +379,7 @@ class Objective:
             raise optuna.TrialPruned(str(exc)) from None
         trial.set_user_attr("val_curve", curve)
         trial.set_user_attr("status", result.status)
+        trial.set_user_attr("strength_final", result.strength_final)  # lambda at the end
         # the cut ran inside run_ticket: its estimates count as costing, not training
         trial.set_user_attr("train_seconds", round(result.seconds - cutter.cut.seconds, 3))
         trial.set_user_attr("device", result.device)
@@ -413,11 +494,15 @@ class Objective:
                 study_trial=trial.number,
             )
             for name in (META_FILE, WEIGHTS_FILE):
-                artifact = upload_artifact(
-                    artifact_store=self.store,
-                    file_path=str(folder / name),
-                    study_or_trial=trial,
-                )
+                try:
+                    artifact = upload_artifact(
+                        artifact_store=self.store,
+                        file_path=str(folder / name),
+                        study_or_trial=trial,
+                    )
+                except OSError as exc:  # a full disk: say where (copying leaves no filename)
+                    where = exc.filename or str(self.storage.artifacts)
+                    raise OSError(exc.errno, exc.strerror, where) from None
                 trial.set_user_attr(f"artifact:{name}", artifact)
 
 
@@ -464,6 +549,20 @@ class SearchOutcome:
     test_accuracy: float | None
     closest: FrozenTrial | None
     retried: list[int]
+    ran: int = 0  # trials this call finished
+    total: int = 0  # finished trials of the study afterwards (see count_finished)
+
+
+def count_finished(study: optuna.Study) -> int:
+    """Finished trials (complete, pruned, failed), not counting a failed trial that is queued
+    to run again (``retry_of``): its re-run counts instead."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(
+        t.state in done and not (t.state == TrialState.FAIL and t.number in retried)
+        for t in trials
+    )
 
 
 def check_resume(study: optuna.Study, config: SearchConfig) -> None:
@@ -512,6 +611,24 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
     return again
 
 
+def interrupted_state(name: str, storage: Storage) -> tuple[int, list[int]] | None:
+    """After Ctrl-C: (complete trials of study ``name``, numbers of this process's trials that
+    were cut off and run again on resume); None when the study does not exist yet."""
+    if name not in optuna.study.get_all_study_names(storage=storage.backend):
+        return None
+    study = optuna.load_study(study_name=name, storage=storage.backend)
+    trials = study.get_trials(deepcopy=False)
+    me = _worker_id()
+    cut = [
+        t.number
+        for t in trials
+        if t.state == TrialState.FAIL
+        and t.user_attrs.get("interrupted")
+        and t.user_attrs.get("worker") == me
+    ]
+    return sum(t.state == TrialState.COMPLETE for t in trials), cut
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -548,10 +665,15 @@ def run_search(
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     on_epoch: T.OnEpoch | None = None,
     sampler: str = "tpe",
+    in_total: bool = False,
+    on_trial_start: Callable[[int], None] | None = None,
 ) -> SearchOutcome:
     """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s).
 
-    ``sampler`` is ``tpe`` (the default) or ``random`` (a baseline for benchmarks).
+    With ``in_total``, ``trials`` is what the study should have in all: only the missing ones
+    run (none when it has them; :func:`count_finished` counts). ``sampler`` is ``tpe`` (the
+    default) or ``random`` (a baseline for benchmarks). ``on_trial_start(number)`` is called
+    as each trial begins, ``on_epoch`` after each of its training epochs.
     """
     if trials < 1:
         raise InputError(f"--trials must be >= 1 (got {trials})")
@@ -562,6 +684,8 @@ def run_search(
     data = load_dataset(config.dataset, data_dir)
     dense = build_model(config.model, data.input_shape, data.num_classes)
     report = estimate(dense, data.input_shape, profile)
+    # a budget no network of this model can meet is refused before any training
+    check_floors(config.budget, floors(profile, dense, data.input_shape, model_name=config.model))
     config.budget.values(report)  # raises when the profile cannot judge a set limit
     directions, metrics = directions_for(config, report.latency_ms is not None)
     names = optuna.study.get_all_study_names(storage=storage.backend)
@@ -584,6 +708,8 @@ def run_search(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metrics)  # shown by optuna-dashboard and the optuna CLI
     retried = recover_interrupted(study)
+    before = count_finished(study)
+    to_run = max(0, trials - before) if in_total else trials
     # Samplers are not stored: rebuild one, seeded by how far the study is, so a resumed run
     # or a second worker does not replay the first one's startup trials.
     # TPE models the space after 5 random trials (Optuna's default is 10: too late for short
@@ -599,19 +725,36 @@ def run_search(
         study.pruner = optuna.pruners.MedianPruner(
             n_startup_trials=PRUNE_PEERS, n_warmup_steps=PRUNE_WARMUP
         )
-    objective = Objective(config, space, data, profile, storage, device, metrics, on_epoch)
-    callbacks = [lambda s, t: on_trial(s, t)] if on_trial is not None else []
-    study.optimize(
-        objective,
-        n_trials=trials,
-        timeout=timeout,
-        callbacks=callbacks,
-        catch=(),
-        gc_after_trial=False,
+    objective = Objective(
+        config, space, data, profile, storage, device, metrics, on_epoch, on_trial_start
     )
+    callbacks = [lambda s, t: on_trial(s, t)] if on_trial is not None else []
+    ran = 0
+
+    def count(s: optuna.Study, t: FrozenTrial) -> None:
+        nonlocal ran
+        ran += 1
+
+    if to_run > 0:
+        study.optimize(
+            objective,
+            n_trials=to_run,
+            timeout=timeout,
+            callbacks=[count, *callbacks],
+            catch=(),
+            gc_after_trial=False,
+        )
     pick, test_acc = pick_and_test(study, storage, data, profile.engine().dtype)
     return SearchOutcome(
-        study, storage, config, pick, test_acc, None if pick else closest(study), retried
+        study,
+        storage,
+        config,
+        pick,
+        test_acc,
+        None if pick else closest(study),
+        retried,
+        ran=ran,
+        total=count_finished(study),
     )
 
 

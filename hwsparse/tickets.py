@@ -18,8 +18,6 @@ model imports that module, so load tickets of user models only from sources you 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwsparse._files import atomic_write, atomic_write_text, staged_dir
 from hwsparse._json import dumps
 from hwsparse.errors import InputError
 from hwsparse.masks import Masks, layer_densities
@@ -62,11 +61,11 @@ def save_ticket(
 ) -> Path:
     """Write ``model`` (plain, masks baked in) and ``masks`` to ``directory``; returns it.
 
-    Files are written to temporary names and renamed, so an interrupted save never leaves a
-    half-written ticket behind under the final names.
+    The folder is built beside ``directory`` and swapped in whole
+    (:func:`hwsparse._files.staged_dir`): an interrupted save leaves the old ticket or the new
+    one, never a mix. An existing ``directory`` that is not a ticket folder is refused.
     """
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -83,21 +82,10 @@ def save_ticket(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "masks": {k: v.detach().cpu() for k, v in masks.items()},
     }
-    _atomic(out / WEIGHTS_FILE, lambda f: torch.save(payload, f))
-    text = dumps(header).encode()
-    _atomic(out / META_FILE, lambda f: f.write(text))
+    with staged_dir(out, marker=META_FILE) as stage:
+        atomic_write(stage / WEIGHTS_FILE, lambda f: torch.save(payload, f))
+        atomic_write_text(stage / META_FILE, dumps(header))
     return out
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_ticket(directory: str | Path) -> Ticket:

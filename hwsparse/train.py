@@ -162,6 +162,9 @@ class RunResult:
     layers: list[M.LayerDensity]
     message: str = ""
     history: list[EpochInfo] = field(default_factory=list)
+    # lambda of the penalty when the search phase ended (auto strength moves it; None: no
+    # penalty term, e.g. a baseline)
+    strength_final: float | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -175,6 +178,7 @@ class RunResult:
             "seconds": round(self.seconds, 3),
             "device": self.device,
             "message": self.message,
+            "strength_final": self.strength_final,
         }
 
 
@@ -494,14 +498,21 @@ def run_ticket(
     def body() -> RunResult:
         model = _build(factory, run)
         relaxed = M.attach_relaxed(model, ticket.mask)
+        term = (
+            _PenaltyTerm(relaxed, ticket, ticket.density if ticket.auto_strength else None)
+            if ticket.strength > 0
+            else None
+        )
+
+        def lam() -> float | None:
+            return None if term is None else float(term.lam)
+
         snapshot = run.train(
             model,
             ticket.search_epochs,
             "search",
             relaxed=relaxed,
-            penalty=_PenaltyTerm(relaxed, ticket, ticket.density if ticket.auto_strength else None)
-            if ticket.strength > 0
-            else None,
+            penalty=term,
             mask_lr=ticket.mask_lr,
             temperature=_temperature_schedule(ticket.mask),
             snapshot_step=config.rewind_steps,
@@ -519,11 +530,14 @@ def run_ticket(
                 M.attach_fixed(model, masks)
                 result = run.result(method, model, masks, str(exc))
                 result.status = "skipped"
+                result.strength_final = lam()
                 return result
         _rewind(model, snapshot, masks, run)
         kept = M.global_density(model, masks)
         run.train(model, config.epochs, "ticket", density=lambda: kept)
-        return run.result(method, model, masks, message)
+        result = run.result(method, model, masks, message)
+        result.strength_final = lam()
+        return result
 
     return _guard(method, run, body)
 

@@ -106,7 +106,20 @@ def test_estimate_table_and_ticket(tmp_path: Path) -> None:
             ["estimate", "--model", "mlp", "--input-shape", "a,b", "--target", "stm32h7"],
             "--input-shape takes integers",
         ),
-        (["estimate", "--model", "mlp", "--target", "stm32h7"], "exactly one of --dataset"),
+        (
+            [
+                "estimate",
+                "--model",
+                "mlp",
+                "--target",
+                "stm32h7",
+                "--dataset",
+                "digits",
+                "--input-shape",
+                "1,8,8",
+            ],
+            "not both",
+        ),  # fmt: skip
         (["estimate", "--model", "nope", "--input-shape", "4", "--target", "stm32h7"], "nope"),
         (["devices", "nowhere.yaml"], "not found"),
         (

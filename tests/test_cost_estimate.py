@@ -75,10 +75,10 @@ def test_fused_ops_cost_nothing_and_unknown_numbers_make_latency_unknown() -> No
     est = estimate_latency(trace(net, (3, 8, 8)), fused)
     assert all(o.time_us == 0 for o in est.ops if o.kind in ("batch_norm", "activation"))
     data = copy.deepcopy(minimal_profile())
-    data["engines"][0]["efficiency"]["conv"] = None
+    data["engines"][0]["kernel_overhead_us"]["conv"] = None  # no prior for an overhead
     unknown = estimate_latency(trace(net, (3, 8, 8)), parse_profile(data))
     assert unknown.latency_ms is None
-    assert any("efficiency.conv" in n for n in unknown.notes)
+    assert any("kernel_overhead_us.conv" in n for n in unknown.notes)
 
 
 def test_sparsity_only_where_the_runtime_exploits_it() -> None:

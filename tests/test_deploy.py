@@ -152,9 +152,21 @@ def test_export_bad_input_is_one_line_exit_2(
     (ticket / "weights.pt").write_bytes(b"not a torch file")
     r = runner.invoke(app, [*base, "--target", "nrf52840"])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
-    # a missing extra names the exact pip command
+    # a missing extra names the exact pip command, and a failed export leaves the last one whole
     fresh = _ticket(tmp_path / "again")
+    o2 = tmp_path / "o2"
+    args = ["export", "--ticket", str(fresh), "--target", "nrf52840", "--out", str(o2)]
+    assert runner.invoke(app, args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in o2.iterdir() if p.is_file()}
+    assert {"card.json", "model_int8.tflite"} <= set(before) and (o2 / "ticket").is_dir()
     monkeypatch.setitem(sys.modules, "litert_torch", None)
-    r = runner.invoke(app, ["export", "--ticket", str(fresh), "--target", "nrf52840",
-                            "--out", str(tmp_path / "o2")])  # fmt: skip
+    r = runner.invoke(app, args)
     assert r.exit_code == 2 and "pip install 'hwsparse[deploy]'" in r.stderr
+    assert {p.name: p.read_bytes() for p in o2.iterdir() if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o2")] == []
+    # a folder that is not an earlier export is never replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    r = runner.invoke(app, [*args[:-1], str(tmp_path / "mine")])
+    assert r.exit_code == 2 and "not an earlier output" in r.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

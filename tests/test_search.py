@@ -64,7 +64,12 @@ def test_search_records_trials_and_picks_a_feasible_ticket(tmp_path: Path) -> No
     assert stored["trial"] == outcome.pick.number
 
 
-def test_impossible_budget_picks_nothing_and_shows_the_closest(tmp_path: Path) -> None:
+def test_impossible_budget_picks_nothing_and_shows_the_closest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(InputError, match="floor of 0.10 ms"):  # below the floor: refused
+        _run(tmp_path, trials=2, budget=Budget(latency_ms=1e-4))
+    monkeypatch.setattr(search, "check_floors", lambda *a: None)  # the path behind the check
     outcome = _run(tmp_path, trials=2, budget=Budget(latency_ms=1e-4))
     assert outcome.pick is None and outcome.closest is not None
     assert all(v > 0 for v in outcome.closest.user_attrs["violations"].values())
@@ -160,7 +165,8 @@ def test_killed_worker_loses_nothing(tmp_path: Path) -> None:
     before = optuna.load_study(study_name="k", storage=storage.backend)
     done_before = {t.number for t in before.get_trials(states=(TrialState.COMPLETE,))}
     assert len(done_before) >= 2
-    resume = ["1" if a == "50" else a for a in cmd[3:]]  # the same search, one more trial
+    # the same search, one more trial (--trials is the study's total; --more adds)
+    resume = ["--more" if a == "--trials" else "1" if a == "50" else a for a in cmd[3:]]
     r = runner.invoke(app, resume)
     assert r.exit_code == 0, r.stderr
     after = optuna.load_study(study_name="k", storage=search.open_storage(journal).backend)
@@ -172,9 +178,9 @@ def test_killed_worker_loses_nothing(tmp_path: Path) -> None:
 def test_two_workers_share_one_journal(tmp_path: Path) -> None:
     journal = tmp_path / "w.journal"
     args = ["search", "--study", "w", "--storage", str(journal), "--target", "raspberry-pi-4",
-            "--latency-ms", "10", *TINY, "--trials", "2", "--json"]  # fmt: skip
-    # create the study once, then start two workers at the same time
-    assert runner.invoke(app, [*args[:-2], "1", "--json"]).exit_code == 0
+            "--latency-ms", "10", *TINY, "--more", "2", "--json"]  # fmt: skip
+    # create the study once (1 trial), then start two workers at the same time, 2 more each
+    assert runner.invoke(app, [*args[:-3], "--trials", "1", "--json"]).exit_code == 0
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "hwsparse", *args],

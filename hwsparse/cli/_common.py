@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import shlex
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,14 +29,87 @@ err = Console(stderr=True)
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
 
 
+class _Warnings(logging.Handler):
+    """Warnings of the library (logger ``hwsparse``) as one line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = escape(record.getMessage())
+        err.print(f"[yellow]warning:[/yellow] {text}", highlight=False, soft_wrap=True)
+
+
+_log = logging.getLogger("hwsparse")
+if not any(isinstance(h, _Warnings) for h in _log.handlers):
+    _log.addHandler(_Warnings(logging.WARNING))
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with the one line to print (what was kept, how to resume); exit 130."""
+
+
+def command_line() -> str:
+    """The command line this process was started with, to run again."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name == "__main__.py":  # python -m hwsparse
+        argv[0:1] = ["python", "-m", "hwsparse"]
+    elif argv and Path(argv[0]).name == "hwsparse":
+        argv[0] = "hwsparse"
+    return shlex.join(argv)
+
+
+_WRITE_ONLY = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EEXIST}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a filesystem failure: what was being done (read or write), path, reason."""
+    path = exc.filename
+    reason = exc.strerror or str(exc)
+    if path is None:
+        return f"cannot write or read a file: {reason}"
+    if exc.errno in _WRITE_ONLY:
+        op = "write"
+    elif isinstance(exc, FileNotFoundError):
+        op = "find"
+    elif os.path.exists(path) and not os.access(path, os.R_OK):
+        op = "read"
+    else:
+        op = "write"  # nothing that exists and reads fine fails but for writing
+    where = f"{path} -> {exc.filename2}" if exc.filename2 else f"{path}"
+    return f"cannot {op} {where}: {reason}"
+
+
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn bad input into a one-line message on stderr and exit code 2 (no traceback)."""
+def user_errors(interrupted: Callable[[], str] | None = None) -> Iterator[None]:
+    """Turn bad input and filesystem failures into a one-line message on stderr and exit code
+    2, Ctrl-C into one line and exit code 130 (no traceback).
+
+    ``interrupted()`` says, after Ctrl-C, what was kept and how to resume (default: run the
+    same command again)."""
     try:
         yield
     except InputError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
+    except OSError as exc:  # PermissionError, read-only or full filesystem, ...
+        line = escape(os_error_line(exc))
+        err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    except Interrupted as exc:
+        err.print(f"[yellow]interrupted:[/yellow] {escape(str(exc))}", highlight=False,
+                  soft_wrap=True)  # fmt: skip
+        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt:
+        line = f"stopped before it finished; to run it again: {command_line()}"
+        if interrupted is not None:
+            try:
+                line = interrupted()
+            except (Exception, KeyboardInterrupt):  # the generic line is still true
+                pass
+        err.print(
+            f"[yellow]interrupted:[/yellow] {escape(line)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=130) from None
 
 
 def print_json(payload: Any) -> None:
@@ -59,3 +137,26 @@ Model = Annotated[
 ]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads torch may use (default: torch's own choice); lower it when other "
+        "jobs share the machine, as oversubscribed threads slow training many times over."
+    ),
+]
+
+
+def set_threads(n: int | None) -> None:
+    """``--threads N``: torch.set_num_threads(N); None leaves torch's default."""
+    if n is None:
+        return
+    if n < 1:
+        raise InputError(f"--threads must be >= 1 (got {n})")
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def live_progress(as_json: bool) -> bool:
+    """Draw live progress bars only on a terminal (piped stderr gets plain lines instead)."""
+    return not as_json and err.is_terminal

@@ -26,6 +26,7 @@ from hwsparse.cost.profiles import (
 from hwsparse.errors import InputError
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
+NARROW = 120  # terminal columns below which tables drop or stack their wide columns
 Target = Annotated[
     str, typer.Option(help="Device profile id (see `hwsparse devices`) or a path to a YAML.")
 ]
@@ -84,10 +85,17 @@ def devices(
                 )
                 return
             table = Table(title="Device profiles (device_profiles/*.yaml)")
-            for col in ("id", "class", "name", "engines (default first)", "anchors"):
-                table.add_column(col)
+            narrow = out.width < NARROW  # engine names only: `devices ID` has the rest
+            id_width = max((len(p.id) for p in profiles), default=2)
+            table.add_column("id", no_wrap=True, overflow="fold", min_width=id_width)
+            table.add_column("class", no_wrap=True)
+            table.add_column("name")
+            table.add_column("engines (default first)")
+            table.add_column("anchors", no_wrap=True, justify="right")
             for p in profiles:
-                engines = ", ".join(f"{e.name}: {e.runtime}" for e in p.engines)
+                engines = ", ".join(
+                    e.name if narrow else f"{e.name}: {e.runtime}" for e in p.engines
+                )
                 table.add_row(p.id, p.device_class, p.name, engines, str(len(p.anchors)))
             out.print(table)
             out.print(
@@ -98,6 +106,7 @@ def devices(
         checks = _anchor_checks(profile) if check else None
         if as_json:
             payload = {**profile_to_dict(profile), "path": profile.path}
+            payload["floors"] = _floors_json(profile)
             if checks is not None:
                 payload["anchor_checks"] = checks
             print_json(payload)
@@ -123,12 +132,48 @@ def _anchor_checks(profile: DeviceProfile) -> list[dict[str, Any]]:
     ]
 
 
+def _show_floors(profile: DeviceProfile) -> None:
+    """The floors no budget can go below, and the default budget of `hwsparse search`."""
+    from hwsparse.cost.budget import floors
+
+    reserve = _bytes(profile.capacity.runtime_reserved_bytes)
+    invoke = ", ".join(
+        f"{_num(floors(profile, engine=e.name).invoke_ms, '{:.3g}', 'ms')} per invoke on {e.name}"
+        for e in profile.engines
+    )
+    out.print(
+        f"Floors: latency {invoke} (the least any network costs); RAM {reserve} runtime"
+        " reserve (--ram-kb must exceed it). A model's own floors (every weight pruned) are"
+        " checked when a search starts.",
+        highlight=False,
+    )
+    db = profile.default_budget
+    if db is None:
+        out.print("Default budget: none (hwsparse search --target needs budget flags).")
+        return
+    limits = ", ".join(f"{k} {v:g}" for k, v in db.limits().items())
+    out.print(f"Default budget (hwsparse search --target {profile.id}): {limits}. {db.reason}",
+              highlight=False)  # fmt: skip
+
+
+def _floors_json(profile: DeviceProfile) -> list[dict[str, Any]]:
+    from hwsparse.cost.budget import floors
+
+    return [floors(profile, engine=e.name).to_dict() for e in profile.engines]
+
+
 def _show_profile(profile: DeviceProfile, checks: list[dict[str, Any]] | None) -> None:
     out.print(f"[bold]{profile.name}[/bold]  ({profile.id}, class {profile.device_class})")
     if profile.notes:
         out.print(profile.notes, highlight=False)
+    engine_cols = ("engine", "runtime", "dtype", "peak", "efficiency", "overhead", "band",
+                   "source")  # fmt: skip
+    narrow = out.width < NARROW  # one engine per block of rows instead of 8 thin columns
     engines = Table(title="Engines (the first is the default; efficiency = achieved / peak)")
-    for col in ("engine", "runtime", "dtype", "peak", "efficiency", "overhead", "band", "source"):
+    if narrow:
+        engines.add_column("engine", no_wrap=True, style="bold")
+        engines.add_column("value")
+    for col in () if narrow else engine_cols:
         engines.add_column(col, overflow="fold")
     for e in profile.engines:
         peak = e.peak
@@ -149,7 +194,7 @@ def _show_profile(profile: DeviceProfile, checks: list[dict[str, Any]] | None) -
             f"conv {_num(over.conv)} us/op, elementwise {_num(over.activation)} us/op,"
             f" {_num(e.invoke_overhead_us)} us/call"
         )
-        engines.add_row(
+        cells = (
             e.name,
             f"{e.runtime}; fused: {', '.join(e.fused_ops) or 'none'}",
             e.dtype,
@@ -159,10 +204,16 @@ def _show_profile(profile: DeviceProfile, checks: list[dict[str, Any]] | None) -
             f"+-{e.uncertainty_pct:g} %",
             e.source,
         )
+        if not narrow:
+            engines.add_row(*cells)
+            continue
+        for i, (col, cell) in enumerate(zip(engine_cols, cells, strict=True)):
+            engines.add_row(e.name if i == 0 else f"  {col}", cell if i else "",
+                            end_section=i == len(cells) - 1)  # fmt: skip
     out.print(engines)
     mem = Table(title="Memory levels (fastest first)")
     for col in ("level", "size", "achievable GB/s", "peak GB/s", "source"):
-        mem.add_column(col, overflow="fold")
+        mem.add_column(col, overflow="fold", no_wrap=col != "source")
     for lvl in profile.memory.levels:
         mem.add_row(
             lvl.name,
@@ -180,6 +231,7 @@ def _show_profile(profile: DeviceProfile, checks: list[dict[str, Any]] | None) -
         f" {_bytes(cap.runtime_reserved_bytes)}. Source: {cap.source}",
         highlight=False,
     )
+    _show_floors(profile)
     out.print(
         f"Power: idle {_num(power.idle_w, unit='W')}, active {_num(power.active_w, unit='W')},"
         f" TDP {_num(power.tdp_w, unit='W')}. Source: {power.source}",
@@ -209,7 +261,7 @@ def _show_profile(profile: DeviceProfile, checks: list[dict[str, Any]] | None) -
         if checks:
             cols += ["estimate ms", "error %", "in band"]
         for col in cols:
-            anchors.add_column(col, overflow="fold")
+            anchors.add_column(col, overflow="fold", no_wrap=col != "source")
         for i, a in enumerate(profile.anchors):
             row = [a.model, a.engine, a.dtype, a.runtime, f"{a.latency_ms:g}", a.source]
             if checks:
@@ -291,7 +343,11 @@ def estimate_cmd(
         ),
     ] = None,
     dataset: Annotated[
-        str | None, typer.Option(help="Dataset whose sample shape and classes to use.")
+        str | None,
+        typer.Option(
+            help="Dataset whose sample shape and classes to use (default digits, unless "
+            "--input-shape is given)."
+        ),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Folder of file-based datasets.")] = None,
     input_shape: Annotated[
@@ -331,9 +387,10 @@ def estimate_cmd(
         else:
             if model is None:
                 raise InputError("give --model NAME|module:function, or --ticket DIR")
-            if (dataset is None) == (input_shape is None):
-                raise InputError("give exactly one of --dataset D or --input-shape 1,3,32,32")
-            if dataset is not None:
+            if dataset is not None and input_shape is not None:
+                raise InputError("give --dataset D or --input-shape 1,3,32,32, not both")
+            if input_shape is None:
+                dataset = dataset or "digits"
                 from hwsparse.data import load_dataset
 
                 data = load_dataset(dataset, data_dir)
@@ -454,13 +511,22 @@ def calibrate(
         "this-machine"
     ),
     name: Annotated[str | None, typer.Option(help="Human-readable profile name.")] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="Runtime to calibrate: torch (PyTorch eager), onnxruntime (.onnx, CPU EP) or"
+            " litert (.tflite, XNNPACK); the last two need pip install 'hwsparse[deploy]'."
+        ),
+    ] = "torch",
     as_json: AsJson = False,
 ) -> None:
     """Measure this machine (about a minute) and write a device profile that loads like any other.
 
     GEMM peak, copy bandwidth per cache level, per-op overheads and per-class efficiencies of
     PyTorch eager on this CPU, and the CSR sparse speed-up curve; warm-up, pinned threads and
-    medians. Warns when the machine is busy.
+    medians. Warns when the machine is busy. With --runtime onnxruntime or litert every layer
+    micro-benchmark is written as an fp32 .onnx / .tflite file and timed in that runtime on
+    one thread (a few minutes), and the profile is for that runtime.
     """
     from hwsparse.cost.calibrate import busy_warning
     from hwsparse.cost.calibrate import calibrate as run_calibration
@@ -476,10 +542,13 @@ def calibrate(
             profile_id=profile_id,
             name=name,
             progress=None if as_json else (lambda msg: err.print(f"calibrate: {msg}")),
+            runtime=runtime,
         )
+        flag = "" if runtime == "torch" else f" --runtime {runtime}"
         text = (
-            f"# Written by `hwsparse calibrate --threads {threads}{' --quick' if quick else ''}`."
-            " Loads with --target PATH.\n" + dump_profile(result.profile)
+            f"# Written by `hwsparse calibrate{flag} --threads {threads}"
+            f"{' --quick' if quick else ''}`. Loads with --target PATH.\n"
+            + dump_profile(result.profile)
         )
         parse_profile(yaml.safe_load(text), origin=str(out_path))  # must load back
         try:
@@ -509,6 +578,7 @@ def calibrate(
         table = Table(title=f"Calibrated {result.profile.name} in {result.seconds:.0f} s")
         table.add_column("quantity")
         table.add_column("value", justify="right")
+        table.add_row("runtime", f"{eng.runtime} ({eng.artifact})")
         table.add_row("GEMM peak", f"{eng.peak.fp32_gflops} GFLOP/s")
         for lvl in result.profile.memory.levels:
             table.add_row(
@@ -522,6 +592,7 @@ def calibrate(
         )
         o = eng.kernel_overhead_us
         table.add_row("overhead conv / fc / activation us", f"{o.conv} / {o.fc} / {o.activation}")
+        table.add_row("overhead per invoke us", f"{eng.invoke_overhead_us}")
         table.add_row(
             "layer fit error median / p90",
             f"{result.median_error_pct:.0f} % / {result.p90_error_pct:.0f} %",

@@ -28,9 +28,12 @@ from hwsparse.cli._common import (
     Dataset,
     Device,
     Model,
+    Threads,
     err,
+    live_progress,
     out,
     print_json,
+    set_threads,
     user_errors,
 )
 from hwsparse.errors import InputError
@@ -60,7 +63,7 @@ def _strength(text: str) -> tuple[float, bool]:
 
 @contextmanager
 def _progress(enabled: bool, total: int) -> Iterator[Any]:
-    """A progress bar over training epochs on stderr (silent with --json or off a TTY)."""
+    """A progress bar over training epochs on stderr (``enabled``: see live_progress)."""
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -70,7 +73,7 @@ def _progress(enabled: bool, total: int) -> Iterator[Any]:
         TimeRemainingColumn(),
         console=err,
         disable=not enabled,
-        transient=False,
+        transient=True,  # the result tables follow; no stale bar left behind
     )
     with progress:
         task = progress.add_task("training", total=total)
@@ -132,6 +135,7 @@ def ticket(
     rewind_steps: RewindSteps = 0,
     seed: Seed = 0,
     device: Device = "auto",
+    threads: Threads = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Save the ticket (weights, mask, config) here.")
     ] = None,
@@ -142,6 +146,7 @@ def ticket(
     FLOPs are fvcore counts: one multiply-add = one flop, batch 1.
     """
     with user_errors():
+        set_threads(threads)
         lam, auto = _strength(strength)
         mask = MaskConfig(
             param=param,
@@ -165,7 +170,7 @@ def ticket(
             epochs=epochs, lr=lr, rewind_steps=rewind_steps, seed=seed, device=device
         )
         T.resolve_device(device)
-        with _progress(not as_json, search_epochs + epochs) as (_, _, on_epoch):
+        with _progress(live_progress(as_json), search_epochs + epochs) as (_, _, on_epoch):
             run = api.ticket(
                 dataset,
                 model,
@@ -245,6 +250,7 @@ def compare(
     lr: Lr = 1e-3,
     rewind_steps: RewindSteps = 0,
     device: Device = "auto",
+    threads: Threads = None,
     as_json: AsJson = False,
 ) -> None:
     """Run methods side by side at one exact density over several seeds.
@@ -253,6 +259,7 @@ def compare(
     point; `epochs` in the table is all the training each method spent to get there.
     """
     with user_errors():
+        set_threads(threads)
         names = api.parse_methods(methods)
         seed_list = api.parse_seeds(seeds)
         train = T.TrainConfig(epochs=epochs, lr=lr, rewind_steps=rewind_steps, device=device)
@@ -260,7 +267,7 @@ def compare(
         check_density(density)
         config = T.TicketConfig(auto_strength=True, density=density, search_epochs=search_epochs)
         total = sum(T.planned_epochs(m, density, train, config) for m in names) * len(seed_list)
-        with _progress(not as_json, total) as (progress, task, on_epoch):
+        with _progress(live_progress(as_json), total) as (progress, task, on_epoch):
 
             def on_run(method: str, seed: int, r: T.RunResult) -> None:
                 progress.console.print(

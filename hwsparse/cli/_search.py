@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hwsparse import api, report, search
+from hwsparse import train as T
 from hwsparse.cli import app
 from hwsparse.cli._common import (
     AsJson,
@@ -20,18 +22,23 @@ from hwsparse.cli._common import (
     Dataset,
     Device,
     Model,
+    Threads,
+    command_line,
     err,
+    live_progress,
     out,
     print_json,
+    set_threads,
     user_errors,
 )
 from hwsparse.cost.estimate import Budget
+from hwsparse.cost.profiles import PROFILE_DIR, load_profile
 from hwsparse.errors import InputError
 from hwsparse.space import load_space
 
 # The main job with no options: digits, LeNet-300-100, a Cortex-M4 microcontroller.
 DEFAULT_TARGET = "nrf52840"
-DEFAULT_BUDGET = Budget(latency_ms=1.0, weight_kb=16.0)
+DEFAULT_BUDGET = Budget(latency_ms=1.0, weight_kb=16.0)  # = nrf52840.yaml's default_budget
 
 Study = Annotated[str, typer.Option(help="Study name; the same name resumes it.")]
 StorageOpt = Annotated[
@@ -49,16 +56,36 @@ def _budget(
     flash_kb: float | None,
     ram_kb: float | None,
     max_mflops: float | None,
-) -> tuple[str, Budget]:
+) -> tuple[str, Budget, str]:
+    """Target, budget and where the budget came from (the flags, or the profile's default)."""
     given = (latency_ms, flash_kb, ram_kb, max_mflops)
     for name, value in zip(("latency-ms", "flash-kb", "ram-kb", "max-mflops"), given, strict=True):
         if value is not None and not value > 0:
             raise InputError(f"--{name} must be > 0 (got {value})")
-    if target is None and all(v is None for v in given):
-        return DEFAULT_TARGET, DEFAULT_BUDGET
-    return target or DEFAULT_TARGET, Budget(
-        latency_ms=latency_ms, weight_kb=flash_kb, ram_kb=ram_kb, mflops=max_mflops
-    )
+    tgt = target or DEFAULT_TARGET
+    if any(v is not None for v in given):
+        budget = Budget(
+            latency_ms=latency_ms, weight_kb=flash_kb, ram_kb=ram_kb, mflops=max_mflops
+        )
+        return tgt, budget, "the command line (it replaces the profile's default budget)"
+    profile = load_profile(tgt)
+    if profile.default_budget is None:
+        flags = "--latency-ms, --flash-kb, --ram-kb or --max-mflops"
+        return tgt, Budget(), f"{profile.id} has no default_budget: give {flags}"
+    shipped = profile.path is not None and Path(profile.path).parent == PROFILE_DIR
+    path = f"device_profiles/{Path(str(profile.path)).name}" if shipped else profile.path
+    where = f"{path}; see hwsparse devices {profile.id}"
+    budget = Budget(**profile.default_budget.limits())
+    return tgt, budget, f"the default budget of {profile.id} ({where})"
+
+
+def _budget_text(budget: Budget) -> str:
+    units = {"latency_ms": "ms", "weight_kb": "KiB", "ram_kb": "KiB", "activation_kb": "KiB",
+             "mflops": "MFLOPs"}  # fmt: skip
+    names = {"latency_ms": "latency", "weight_kb": "weights", "ram_kb": "RAM",
+             "activation_kb": "activations", "mflops": "FLOPs"}  # fmt: skip
+    limits = [(k, v) for k, v in budget.__dict__.items() if v is not None]
+    return ", ".join(f"{names[k]} <= {v:g} {units[k]}" for k, v in limits) or "none"
 
 
 @app.command("search")
@@ -73,7 +100,11 @@ def search_cmd(
     ] = "default",
     target: Annotated[
         str | None,
-        typer.Option(help=f"Device profile id or YAML path (default {DEFAULT_TARGET})."),
+        typer.Option(
+            help=f"Device profile id or YAML path (default {DEFAULT_TARGET}). With no budget "
+            "flag the budget is the target profile's default_budget (hwsparse devices ID); "
+            "any budget flag replaces it."
+        ),
     ] = None,
     latency_ms: Annotated[
         float | None, typer.Option(help="Budget: estimated latency on the target, ms.")
@@ -90,22 +121,41 @@ def search_cmd(
     objective: Annotated[
         str, typer.Option(help="budget (best accuracy that fits) or pareto.")
     ] = "budget",
-    trials: Annotated[int, typer.Option(help="Trials to run in this call.")] = 30,
+    trials: Annotated[
+        int,
+        typer.Option(
+            help="Trials the study should have in total: finished ones count, only the "
+            "missing ones run (none when it has them)."
+        ),
+    ] = 30,
+    more: Annotated[
+        int | None,
+        typer.Option(help="Add N trials to the study, however many it has (instead of --trials)."),
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     epochs: Annotated[
         int | None, typer.Option(help="Fix search phase and ticket schedule to N epochs each.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler and of the trials.")] = 0,
     device: Device = "auto",
+    threads: Threads = None,
     as_json: AsJson = False,
 ) -> None:
     """Run or resume a study: the most accurate ticket that fits the device budget.
 
     With no options: digits, LeNet-300-100 (mlp), an nRF52840 microcontroller, at most 1 ms
-    and 16 KiB of weights. Run the same command again to resume.
+    and 16 KiB of weights (nrf52840's default budget). The default budget comes from the
+    target's profile (default_budget, shown by `hwsparse devices ID`); a budget below the
+    device's floor is refused before training. --trials N is the study's total: the same
+    command again runs only what an interrupted run left missing; --more N adds N trials.
     """
-    with user_errors():
-        tgt, budget = _budget(target, latency_ms, flash_kb, ram_kb, max_mflops)
+    with user_errors(interrupted=lambda: _interrupted(study, storage)):
+        set_threads(threads)
+        if more is not None and more < 1:
+            raise InputError(f"--more must be >= 1 (got {more})")
+        if more is None and trials < 1:
+            raise InputError(f"--trials must be >= 1 (got {trials})")
+        tgt, budget, budget_source = _budget(target, latency_ms, flash_kb, ram_kb, max_mflops)
         sp = search.apply_epochs(load_space(space), epochs)
         config = search.SearchConfig(
             dataset=dataset,
@@ -117,36 +167,74 @@ def search_cmd(
             seed=seed,
         )
         store = search.open_storage(storage, create=True)
+        live = live_progress(as_json)
         progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("trials"),
+            TextColumn("{task.fields[unit]}"),
             TimeElapsedColumn(),
             console=err,
-            disable=as_json,
+            disable=not live,
+            transient=True,  # the summary line below replaces the bars
         )
         with progress:
-            task = progress.add_task(f"study {study}", total=trials)
+            task = progress.add_task(
+                f"study {study}", total=_planned(store, study, trials, more), unit="trials"
+            )
+            epochs = progress.add_task("waiting for the first epoch", total=None, unit="epochs")
+            current: list[int | None] = [None]  # the trial that is training now
+
+            def on_trial_start(number: int) -> None:
+                if current[0] is None:  # said once the inputs are checked and trials start
+                    err.print(
+                        f"budget: {_budget_text(budget)} on {tgt}; from {budget_source}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                progress.update(epochs, description=f"trial {number}: starting", completed=0)
+                current[0] = number
+
+            def on_epoch(info: T.EpochInfo) -> None:
+                progress.update(
+                    epochs,
+                    description=f"trial {current[0]}: {info.phase} epoch {info.epoch}/"
+                    f"{info.epochs}, val {100 * info.val_accuracy:.1f} %",
+                    completed=info.epoch,
+                    total=info.epochs,
+                )
 
             def on_trial(s: optuna.Study, t: FrozenTrial) -> None:
-                a = t.user_attrs
-                acc = a.get("val_accuracy")
-                fits = "fits" if a.get("fits_budget") else "over budget"
-                what = t.state.name.lower() if acc is None else f"val {acc:.3f} {fits}"
+                what = _trial_line(t)
                 progress.update(task, advance=1, description=f"trial {t.number}: {what}")
+                if not live and not as_json:  # a log: one plain line per trial
+                    err.print(f"trial {t.number}: {what}", highlight=False)
 
             outcome = search.run_search(
                 study,
                 store,
                 config,
                 sp,
-                trials=trials,
+                trials=trials if more is None else more,
+                in_total=more is None,
                 timeout=timeout,
                 device=device,
                 data_dir=data_dir,
                 on_trial=on_trial,
+                on_epoch=on_epoch,
+                on_trial_start=on_trial_start,
             )
+    if outcome.ran == 0 and more is None:
+        err.print(
+            f"study {study} already has {outcome.total} trials (--trials {trials} is the "
+            f"total); use --more K to add K",
+            highlight=False,
+        )
+    else:
+        err.print(
+            f"study {study}: ran {outcome.ran} trial(s), {outcome.total} in total",
+            highlight=False,
+        )
     info = report.summary(outcome.study)
     states = info["states"]
     if as_json:
@@ -159,9 +247,12 @@ def search_cmd(
                 "n_pruned": states.get("PRUNED", 0),
                 "n_feasible": info["n_feasible"],
                 "retried": outcome.retried,
+                "ran": outcome.ran,
+                "total": outcome.total,
                 "picked": _json_pick(picked),
                 "closest": info["closest"],
                 "config": info["config"],
+                "budget": {**config.to_dict()["budget"], "source": budget_source},
             }
         )
         return
@@ -172,13 +263,50 @@ def search_cmd(
         f"{states.get('COMPLETE', 0)} complete, {states.get('PRUNED', 0)} pruned, "
         f"{info['n_feasible']} fit the budget. Latency is the target profile's estimate."
     )
-    flag = "" if store.url == str(search.DEFAULT_STORAGE) else f" --storage {store.url}"
+    flag = "" if store.url == str(search.default_storage()) else f" --storage {store.url}"
     out.print(
         f"inspect: hwsparse show {study}{flag}\n"
         f"picture: hwsparse plot {study}{flag} --out runs/{study}.png\n"
         f"export:  hwsparse export {study}{flag} --out runs/{study}-ticket\n"
-        "resume:  run the same search command again"
+        "more:    the same search command with --more N adds N trials"
     )
+
+
+def _interrupted(study: str, storage: str | None) -> str:
+    """The line after Ctrl-C: what the study kept, what runs again, the command to resume."""
+    store = search.open_storage(storage)
+    state = search.interrupted_state(study, store)
+    if state is None:
+        return f"study {study} had not started; to start it: {command_line()}"
+    complete, cut = state
+    again = (
+        f"trial {', '.join(map(str, cut))} was cut off and runs again first"
+        if cut
+        else "no trial was cut off"
+    )
+    return (
+        f"study {study}: {complete} trial(s) complete, kept in {store.url}; {again}; "
+        f"resume with: {command_line()}"
+    )
+
+
+def _planned(store: search.Storage, study: str, trials: int, more: int | None) -> int:
+    """Trials this call is about to run (for the progress bar; run_search decides)."""
+    if more is not None:
+        return more
+    if study not in optuna.study.get_all_study_names(storage=store.backend):
+        return trials
+    return max(0, trials - search.count_finished(search.load_study(study, store)))
+
+
+def _trial_line(t: FrozenTrial) -> str:
+    a = t.user_attrs
+    acc = a.get("val_accuracy")
+    if a.get("status") == "skipped":
+        return "over budget at any density, not trained"
+    if acc is None:
+        return t.state.name.lower()
+    return f"val {100 * acc:.1f} % " + ("fits" if a.get("fits_budget") else "over budget")
 
 
 def _json_pick(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -217,8 +345,10 @@ def studies(storage: StorageOpt = None, as_json: AsJson = False) -> None:
         print_json({"storage": store.url, "studies": rows})
         return
     t = Table(title=f"Studies in {store.url}", title_justify="left")
+    ids = ("study", "dataset", "model", "target")  # names a user types again: never truncated
     for col in ("study", "trials", "fit", "dataset", "model", "target", "objective", "pick val %"):
-        t.add_column(col)
+        longest = max((len(str(r[col])) for r in rows if col in ids), default=0)
+        t.add_column(col, no_wrap=True, overflow="fold", min_width=min(longest, 24) or None)
     for r in rows:
         best = r["best_val_accuracy"]
         t.add_row(r["study"], str(r["n_trials"]), str(r["n_feasible"]), str(r["dataset"]),
@@ -245,9 +375,11 @@ def show(
     cfg = info["config"] or {}
     out.print(
         f"study {study}: {cfg.get('dataset')} / {cfg.get('model')} on {cfg.get('target')}, "
-        f"objective {cfg.get('objective')}, budget {cfg.get('budget')}"
+        f"objective {cfg.get('objective')}",
+        highlight=False,
     )
-    out.print(report.trials_table(s))
+    out.print(f"budget: {report.budget_flags(cfg.get('budget'))}", highlight=False)
+    out.print(report.trials_table(s, width=out.width))
     out.print(
         f"Pareto front (feasible; val accuracy, latency, FLOPs): trials {info['pareto_front']}"
     )
@@ -257,13 +389,16 @@ def show(
 @app.command()
 def plot(
     study: Annotated[str, typer.Argument(help="Study name.")],
-    out_file: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path(
-        "runs/study.png"
-    ),
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="PNG file to write (default runs/STUDY.png).")
+    ] = None,
     storage: StorageOpt = None,
 ) -> None:
-    """Accuracy vs latency (feasible vs not, budget line, pick) and parameter importance."""
+    """Accuracy vs latency (feasible vs not, 2-D Pareto front, pick), accuracy vs weights and
+    RAM with their budgets, and parameter importance."""
     with user_errors():
+        if out_file is None:
+            out_file = Path("runs") / f"{study}.png"
         if out_file.suffix.lower() != ".png":
             raise InputError(f"--out must be a .png file (got {out_file})")
         store = search.open_storage(storage)
@@ -317,7 +452,7 @@ def export(
     from hwsparse.deploy.export import export_ticket
     from hwsparse.tickets import load_ticket
 
-    with user_errors():
+    with user_errors(), ExitStack() as stack:
         if (study is None) == (ticket is None):
             raise InputError("give a study name or --ticket DIR (one of them)")
         if ticket is not None:
@@ -334,10 +469,8 @@ def export(
             store = search.open_storage(storage)
             s = search.load_study(study, store)
             chosen = _trial(s, trial)
-            ticket_dir = out_dir / "ticket"
-            if ticket_dir.exists():
-                shutil.rmtree(ticket_dir)
-            search.fetch_ticket(s, chosen, store, ticket_dir)
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            ticket_dir = search.fetch_ticket(s, chosen, store, Path(tmp) / "ticket")
             t = load_ticket(ticket_dir)
             cfg = s.user_attrs.get(search.CONFIG_ATTR) or {}
             profile = load_profile(cfg.get("target", DEFAULT_TARGET))
@@ -354,9 +487,9 @@ def export(
             budget = Budget(**cfg.get("budget", {}))
             data = load_dataset(dataset, data_dir)
             with err.status(f"compacting, converting and verifying for {profile.id}"):
-                done = export_ticket(
-                    t, profile, data, out_dir, format=fmt, dtype=dtype, budget=budget, found=found
-                )
+                done = export_ticket(t, profile, data, out_dir, format=fmt, dtype=dtype,
+                                     budget=budget, found=found,
+                                     ticket_dir=ticket_dir)  # fmt: skip
     card = done.card
     if as_json:
         print_json({"out": str(out_dir), **card})

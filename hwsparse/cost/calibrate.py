@@ -18,6 +18,19 @@ the profile's numbers so that the estimator of :mod:`hwsparse.cost.latency` repr
    ``exploited: false``: eager PyTorch runs masked weights densely; flip it if you deploy CSR).
 
 The machine load is read before and after (``os.getloadavg``); a busy machine gives a warning.
+
+``runtime="onnxruntime"`` or ``"litert"`` calibrates that graph runtime instead of PyTorch eager:
+every op micro-benchmark module is written as an fp32 artifact (``.onnx`` / ``.tflite``, by
+:func:`hwsparse.deploy.artifacts.write_artifact`) and timed there at batch 1 on one thread
+(:func:`~hwsparse.deploy.artifacts.time_artifact`, lowest of 3 medians). Steps 1-2 stay torch
+probes of the machine. The per-invoke overhead is the intercept of chains of 1-16 tiny adds
+(a network is one invoke) and is taken off every lone-module time before the fit; there is no
+container overhead, batch-norm and activations are fused into their producer
+(``fused_ops``), every convolution uses its class numbers (``conv_dispatch: uniform``), views
+cost nothing (weights are stored pre-transposed, a reshape is metadata), and unstructured
+sparsity is not exploited (no curve measured). ``.tflite`` benchmarks use
+channel-last input and output (``litert_torch.to_channel_last_io``) so that no layout
+transpose is timed with the op. The runtimes are imported lazily.
 """
 
 from __future__ import annotations
@@ -34,7 +47,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from functools import partial
+from importlib import import_module
+from importlib import util as importlib_util
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +61,7 @@ from torch.utils.benchmark import Timer
 from hwsparse.cost.dataflow import COMPUTE_KINDS, Trace, trace
 from hwsparse.cost.latency import OpLatency, _op_latency
 from hwsparse.cost.profiles import (
+    ArtifactFormat,
     Capacity,
     DeviceProfile,
     Efficiency,
@@ -57,6 +76,10 @@ from hwsparse.cost.profiles import (
     Sparsity,
     Unstructured,
 )
+from hwsparse.errors import InputError, valid_names
+
+RUNTIMES = ("torch", "onnxruntime", "litert")
+INSTALL = "pip install 'hwsparse[deploy]'"
 
 Progress = Callable[[str], None]
 
@@ -307,20 +330,37 @@ def calibrate(
     name: str | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    runtime: str = "torch",
 ) -> CalibrationResult:
-    """Measure this machine and fit a device profile of it (PyTorch eager, FP32).
+    """Measure this machine and fit a device profile of it (FP32, one runtime).
 
     Args:
-        threads: intra-op threads (``torch.set_num_threads``) for every measurement.
+        threads: intra-op threads (``torch.set_num_threads``) for every measurement; the graph
+            runtimes are timed on one thread only (``threads`` must be 1).
         quick: a few seconds of tiny benchmarks (tests); the numbers are then rough.
         profile_id: id of the written profile.
-        name: human-readable name (default: CPU model and thread count).
+        name: human-readable name (default: CPU model, thread count and runtime).
         seed: seed of the sampled layer shapes.
         progress: callback receiving one line per stage.
+        runtime: ``torch`` (PyTorch eager, the default), ``onnxruntime`` (CPU execution
+            provider, ``.onnx``) or ``litert`` (LiteRT interpreter with XNNPACK, ``.tflite``).
 
     Returns:
         A :class:`CalibrationResult` whose ``profile`` loads like any shipped profile.
+
+    Raises:
+        InputError: unknown runtime, ``threads != 1`` with a graph runtime, or the runtime's
+            packages are missing (``pip install 'hwsparse[deploy]'``).
     """
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}; valid: {valid_names(RUNTIMES)}")
+    described = None
+    if runtime != "torch":
+        if threads != 1:
+            raise InputError(
+                f"--runtime {runtime} is timed on one thread; use --threads 1 (got {threads})"
+            )
+        described = _require_runtime(runtime)
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
@@ -338,24 +378,40 @@ def calibrate(
             say(f"GEMM peak {peak:.1f} GFLOP/s; memory bandwidth")
             levels = memory_levels(quick, min_time, threads)
             say("per-op overheads")
-            profile = _initial_profile(profile_id, name, threads, peak, levels)
-            profile, measurements = _fit_ops(profile, quick, seed, min_time, threads, say)
-            say("sparse CSR speed-up")
-            curve = sparse_curve(min_time, threads, quick)
+            profile = _initial_profile(profile_id, name, threads, peak, levels, runtime, described)
+            if described is None:
+                profile, measurements = _fit_ops(profile, quick, seed, min_time, threads, say)
+                say("sparse CSR speed-up")
+                curve = sparse_curve(min_time, threads, quick)
+            else:
+                with TemporaryDirectory(prefix="hwsparse-calibrate-") as folder:
+                    graph = _GraphTimer(runtime, min_time, Path(folder))
+                    profile, measurements = _fit_ops(
+                        profile, quick, seed, min_time, threads, say, graph
+                    )
     finally:
         torch.set_num_threads(old_threads)
-    even = [s for s, x in curve if x >= 1.0]
     eng = profile.engines[0]
-    sparsity = replace(
-        eng.sparsity,
-        unstructured=Unstructured(
-            exploited=False,
-            eligible_ops=("pointwise", "fc"),
-            min_sparsity=even[0] if even else None,
-            speedup_curve=curve,
-        ),
-    )
-    profile = replace(profile, engines=(replace(eng, sparsity=sparsity),))
+    if described is None:
+        even = [s for s, x in curve if x >= 1.0]
+        sparsity = replace(
+            eng.sparsity,
+            unstructured=Unstructured(
+                exploited=False,
+                eligible_ops=("pointwise", "fc"),
+                min_sparsity=even[0] if even else None,
+                speedup_curve=curve,
+            ),
+        )
+        profile = replace(profile, engines=(replace(eng, sparsity=sparsity),))
+    else:  # fused kinds and the unused im2col class: never read, so not claimed
+        unused = {k: None for k in (*eng.fused_ops, "im2col")}
+        eng = replace(
+            eng,
+            efficiency=replace(eng.efficiency, **unused),
+            kernel_overhead_us=replace(eng.kernel_overhead_us, **unused),
+        )
+        profile = replace(profile, engines=(eng,))
     compute = [m for m in measurements if m.kind in FIT_CLASSES]
     errors = sorted(abs(m.estimated_us / m.measured_us - 1) * 100 for m in compute)
     median_err = statistics.median(errors) if errors else 0.0
@@ -370,16 +426,29 @@ def calibrate(
     if warn_after and not alerts:
         alerts.append(warn_after)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    flag = "" if described is None else f" --runtime {runtime}"
     sources = {
-        "CAL": f"hwsparse calibrate --threads {threads}{' --quick' if quick else ''} on"
-        f" {platform.node() or 'this host'}, {stamp}, torch {torch.__version__};"
-        f" load average {load_before:.2f} before, {load_after:.2f} after"
+        "CAL": f"hwsparse calibrate{flag} --threads {threads}{' --quick' if quick else ''} on"
+        f" {platform.node() or 'this host'}, {stamp}, torch {torch.__version__}"
+        + ("" if described is None else f", {described}")
+        + f"; load average {load_before:.2f} before, {load_after:.2f} after"
     }
+    if described is None:
+        how = (
+            "Timings: torch.utils.benchmark medians, warm-up,"
+            f" {threads} thread(s), flush-denormal on."
+        )
+    else:
+        how = (
+            f"Timings: every benchmark module written as an fp32 {eng.artifact} artifact and"
+            f" run in {described}: lowest of 3 medians with warm-up; GEMM peak and copy"
+            " bandwidth from torch probes. Per-invoke overhead"
+            f" {eng.invoke_overhead_us} us = intercept over chains of 1-16 tiny adds."
+        )
     notes = (
         f"Measured by hwsparse calibrate ({'quick, rough' if quick else 'full'}); median fit"
         f" error of layer micro-benchmarks {median_err:.0f} %, p90 {p90:.0f} % (the"
-        " engine's uncertainty_pct). Timings: torch.utils.benchmark medians, warm-up,"
-        f" {threads} thread(s), flush-denormal on."
+        f" engine's uncertainty_pct). {how}"
         + (" Warnings: " + "; ".join(alerts) if alerts else "")
     )
     profile = replace(profile, sources=sources, notes=notes)
@@ -422,7 +491,13 @@ def _cpu_name() -> str:
 
 
 def _initial_profile(
-    profile_id: str, name: str | None, threads: int, peak: float, levels: list[MemoryLevel]
+    profile_id: str,
+    name: str | None,
+    threads: int,
+    peak: float,
+    levels: list[MemoryLevel],
+    runtime: str = "torch",
+    described: str | None = None,
 ) -> DeviceProfile:
     zero = KernelOverhead(*(0.0,) * 11)
     engine = Engine(
@@ -457,12 +532,39 @@ def _initial_profile(
         ),
         source="[CAL] fitted to layer micro-benchmarks (least squares on log time)",
     )
+    if described is not None:
+        fmt: ArtifactFormat = "onnx" if runtime == "onnxruntime" else "tflite"
+        what = (
+            "onnxruntime's CPU execution provider has no sparse Conv/Gemm kernel"
+            if fmt == "onnx"
+            else "LiteRT/XNNPACK uses sparse kernels only for models converted with sparsity"
+            " metadata, which litert-torch does not write"
+        )
+        engine = replace(
+            engine,
+            runtime=described,
+            artifact=fmt,
+            fused_ops=("batch_norm", "activation"),
+            conv_dispatch="uniform",
+            sparsity=Sparsity(
+                weight_formats=("dense",),
+                unstructured=Unstructured(False, (), None, ()),
+                semi_structured=SemiStructured(None, (), None),
+                channel_pruning=True,
+                source=f"[CAL] {what}: masked weights run densely; channel-pruned networks"
+                " are exported compacted (hwsparse.deploy.compact)",
+            ),
+            source=f"[CAL] fitted to layer micro-benchmarks written as fp32 .{fmt} files and"
+            f" timed in {described} (least squares on log time, per-invoke overhead removed);"
+            " batch-norm and activations are folded into the producing conv/GEMM by the"
+            " exporter and runtime",
+        )
     reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    label = "PyTorch eager" if described is None else described.split(",")[0]
     return DeviceProfile(
         schema_version=1,
         id=profile_id,
-        name=name
-        or f"{_cpu_name()} ({threads} thread{'s' if threads > 1 else ''}, PyTorch eager)",
+        name=name or f"{_cpu_name()} ({threads} thread{'s' if threads > 1 else ''}, {label})",
         device_class="cpu",
         notes="",
         sources={"CAL": "hwsparse calibrate"},
@@ -495,19 +597,164 @@ def _measure(
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Graph runtimes: every benchmark module written as an fp32 artifact and timed in its runtime
+
+_TOOLCHAINS = {
+    "onnxruntime": (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
+    "litert": (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert")),
+}
+
+
+def _require_runtime(runtime: str) -> str:
+    """Check the runtime's packages are installed (not imported yet); describe the runtime."""
+    for module, dist in _TOOLCHAINS[runtime]:
+        try:
+            found = importlib_util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise InputError(
+                f"--runtime {runtime} needs {dist}, which is not installed: {INSTALL}"
+            )
+    dist = _TOOLCHAINS[runtime][1][1]
+    try:
+        ver = version(dist)
+    except PackageNotFoundError:  # pragma: no cover - found above
+        ver = "?"
+    if runtime == "onnxruntime":
+        return f"onnxruntime {ver} CPU EP, 1 thread, batch 1"
+    return f"LiteRT (ai-edge-litert {ver}) with XNNPACK, 1 thread, batch 1"
+
+
+class _AddChain(nn.Module):
+    """``n`` dependent adds of a tiny tensor: the per-invoke overhead is the intercept."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.n):
+            x = x + x
+        return x
+
+
+class _GraphTimer:
+    """Writes each module as an fp32 artifact in ``folder`` and times it in its runtime."""
+
+    def __init__(self, runtime: str, min_time: float, folder: Path) -> None:
+        self.format = "onnx" if runtime == "onnxruntime" else "tflite"
+        self.min_time = min_time
+        self.folder = folder
+        self.count = 0
+        self.invoke = 0.0
+
+    def time_us(self, module: nn.Module, shape: tuple[int, ...]) -> float:
+        """Lowest of 3 medians (each over about ``min_time / 3``) of one batch-1 inference."""
+        from hwsparse.deploy.artifacts import time_artifact, write_artifact
+
+        mod, io_shape = module.eval(), tuple(shape)
+        if self.format == "tflite" and len(shape) == 3:
+            mod, io_shape = _channel_last(mod, io_shape)
+        self.count += 1
+        gen = torch.Generator().manual_seed(self.count)
+        report = write_artifact(
+            mod,
+            io_shape,
+            self.folder,
+            format=self.format,
+            dtype="fp32",
+            calibration=torch.randn((2, *io_shape), generator=gen),
+            name=f"bench{self.count}",
+        )
+        try:
+            probe = time_artifact(report.path, io_shape, runs=10, warmup=3)
+            runs = int(min(5000, max(20, self.min_time / 3 / max(probe * 1e-6, 1e-7))))
+            return min(
+                time_artifact(report.path, io_shape, runs=runs, warmup=min(50, runs))
+                for _ in range(3)
+            )
+        finally:
+            report.path.unlink(missing_ok=True)
+
+    def invoke_overhead_us(self) -> float:
+        """Intercept of a least-squares line through chains of 1, 2, 4, 8 and 16 tiny adds."""
+        ks = (1, 2, 4, 8, 16)
+        ts = [self.time_us(_AddChain(k), (8,)) for k in ks]
+        mk, mt = statistics.fmean(ks), statistics.fmean(ts)
+        slope = sum((k - mk) * (t - mt) for k, t in zip(ks, ts, strict=True)) / sum(
+            (k - mk) ** 2 for k in ks
+        )
+        self.invoke = round(max(0.0, mt - slope * mk), 2)
+        return self.invoke
+
+    def measure(self, benches: list[_Bench]) -> list[tuple[_Bench, Trace, float]]:
+        """(bench, trace, time minus the per-invoke overhead) per bench."""
+        out = []
+        for b in benches:
+            tr = trace(b.module.eval(), b.shape)
+            t = self.time_us(b.module, b.shape)
+            out.append((b, tr, max(t - self.invoke, 0.01)))
+        return out
+
+
+def _channel_last(module: nn.Module, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
+    """Wrap a C x H x W module for NHWC input (and output, when 4-D): no transposes timed."""
+    import contextlib
+    import io
+
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        litert_torch: Any = import_module("litert_torch")
+    with torch.no_grad():
+        out_dims = module(torch.zeros(1, *shape)).dim()
+    wrapped = litert_torch.to_channel_last_io(
+        module, args=[0], outputs=[0] if out_dims == 4 else None
+    ).eval()
+    return wrapped, (*shape[1:], shape[0])
+
+
 def _fit_ops(
-    profile: DeviceProfile, quick: bool, seed: int, min_time: float, threads: int, say: Progress
+    profile: DeviceProfile,
+    quick: bool,
+    seed: int,
+    min_time: float,
+    threads: int,
+    say: Progress,
+    graph: _GraphTimer | None = None,
 ) -> tuple[DeviceProfile, list[Measurement]]:
+    """Fit overheads and efficiencies; ``graph`` times in a graph runtime instead of eager.
+
+    In a graph runtime a lone benchmark module is a whole network: one invoke, whose overhead
+    is measured first and taken off every time (``lone``) before the per-op fit.
+    """
     eng = profile.engines[0]
-    ident, seq = nn.Identity(), nn.Sequential(nn.Identity())
-    x1 = torch.ones(1)
-    invoke = median_time_s(lambda: ident(x1), min_time, threads) * 1e6
-    container = max(0.0, median_time_s(lambda: seq(x1), min_time, threads) * 1e6 - 2 * invoke)
+    if graph is None:
+        ident, seq = nn.Identity(), nn.Sequential(nn.Identity())
+        x1 = torch.ones(1)
+        invoke = median_time_s(lambda: ident(x1), min_time, threads) * 1e6
+        container = max(0.0, median_time_s(lambda: seq(x1), min_time, threads) * 1e6 - 2 * invoke)
+        lone = 0.0  # a lone leaf module: its call cost is inside the fitted op overhead
+        mem = _measure(_memory_benches(quick), min_time, threads)
+    else:
+        say("per-invoke overhead")
+        invoke, container = graph.invoke_overhead_us(), 0.0
+        lone = invoke
+        mem = graph.measure([b for b in _memory_benches(quick) if b.kind not in eng.fused_ops])
     overheads: dict[str, float] = {}
     efficiency: dict[str, float] = {}
-    mem = _measure(_memory_benches(quick), min_time, threads)
     for kind in ("view", "activation", "add", "batch_norm", "pool", "elementwise"):
+        if kind in eng.fused_ops:  # graph runtimes: folded into the producer, never timed
+            continue
         prof = _with_overheads(profile, eng, overheads, efficiency, invoke, container)
+        if kind == "view" and graph is not None:
+            # A graph runtime stores weights pre-transposed and reshapes by metadata: the views
+            # of the trace (Linear's weight transpose, flatten) run no kernel of their own.
+            overheads[kind] = 0.0
+            continue
         if kind == "view":  # a Flatten module: its call plus one view op
             overheads[kind] = round(statistics.median(t for b, _, t in mem if b.kind == kind), 2)
             continue
@@ -515,7 +762,8 @@ def _fit_ops(
         e, o, _ = _fit_class(prof, kind, data)
         efficiency[kind], overheads[kind] = round(e, 3), round(o, 2)
     say("compute efficiencies")
-    comp = _measure(_compute_benches(quick, seed), min_time, threads)
+    benches = _compute_benches(quick, seed)
+    comp = _measure(benches, min_time, threads) if graph is None else graph.measure(benches)
     best: tuple[float, dict[str, tuple[float, float]], tuple[float, float]] | None = None
     for ch_half in (0.0, 4.0, 8.0, 16.0, 32.0):
         for px_half in (0.0, 8.0, 32.0, 128.0):
@@ -540,9 +788,10 @@ def _fit_ops(
     final = _with_overheads(profile, final_eng, overheads, efficiency, invoke, container)
     measurements = []
     for b, tr, t in [*mem, *comp]:
-        # A lone leaf module: its call cost is inside the fitted op overhead, no invoke term.
+        # Eager: a lone leaf module's call cost is inside the fitted op overhead (lone = 0).
+        # Graph runtime: the module is a network, one invoke (lone = invoke overhead).
         est = sum(r.time_us for r in _predict(tr, final))
-        measurements.append(Measurement(b.name, b.kind, round(t, 2), round(est, 2)))
+        measurements.append(Measurement(b.name, b.kind, round(t + lone, 2), round(est + lone, 2)))
     return final, measurements
 
 

@@ -20,9 +20,29 @@ For every op of :func:`hwsparse.cost.dataflow.trace` on one engine of a profile:
 - Batch-norm, activations and binary adds are separate memory-bound passes unless the engine
   lists them in ``fused_ops``; views cost only ``kernel_overhead_us.view``.
 
-The band is ``[t / (1 + u), t x (1 + u)]`` with ``u = engine.uncertainty_pct / 100``. A number
-the estimate needs but the profile leaves null (a peak, an efficiency, an overhead, every
-bandwidth) makes the latency unknown (None) with the reason in ``notes``; it is never guessed.
+The band is ``[t / (1 + u), t x (1 + u)]`` with ``u = engine.uncertainty_pct / 100``.
+
+Priors. Two numbers the profile may leave null have a conservative prior, so that a budget on
+latency stays checkable; every estimate that uses one says so in ``notes`` and gets a wider band:
+
+- A memory level with neither an achievable nor a spec bandwidth (typically MCU flash, whose
+  wait states and prefetch buffers are rarely published): ``PRIOR_BYTES_PER_CYCLE`` = 1 byte
+  per engine clock cycle (0.064 GB/s on the 64 MHz nRF52840, 0.28 GB/s on the 280 MHz
+  STM32H7A3). Why: a 32-bit flash read with 3 wait states delivers 4 bytes per 4 cycles; MCU
+  flash runs at 0-7 wait states and most parts add a prefetch buffer or cache that does
+  better, so the prior errs slow (a conservative latency). Not used when the engine's clock is
+  unknown (the latency then stays unknown).
+- A null efficiency of an op class: the lowest efficiency the same engine states for a class of
+  the same group (compute: conv, pointwise, depthwise, fc, im2col; memory-bound: batch_norm,
+  activation, add, elementwise, pool). Why: the runtime is no better at an unmeasured kernel
+  than at its worst measured one (an assumption that errs slow). None in the group: unknown.
+
+The prior is taken to be right within a factor of ``PRIOR_BAND_FACTOR`` = 2, so the band of an
+estimate that used one widens from ``1 + u`` to ``(1 + u) x 2`` (the nRF52840's +-50 % becomes
++-200 %, the STM32H7's +-30 % becomes +-160 %); the point estimate, not the band, is what a budget
+checks. Everything else the estimate needs but the profile leaves null (a peak, an overhead, a
+bandwidth with an unknown clock) makes the latency unknown (None) with the reason in ``notes``;
+it is never guessed.
 """
 
 from __future__ import annotations
@@ -41,6 +61,18 @@ from hwsparse.cost.profiles import DeviceProfile, Engine
 
 # ATen ops that run no kernel of their own (allocation, autograd bookkeeping).
 _FREE = {"empty", "empty_like", "empty_strided", "detach", "alias", "lift_fresh"}
+
+# Priors for numbers a profile leaves null (see the module docstring for the justification).
+PRIOR_BYTES_PER_CYCLE = 1.0  # bandwidth of a memory level with no number, bytes per clock cycle
+PRIOR_BAND_FACTOR = 2.0  # a prior is right within this factor: band (1 + u) -> (1 + u) x 2
+_PRIOR_MARK = "assumed, band widened to"  # in every note of an estimate that used a prior
+_COMPUTE_GROUP = ("conv", "pointwise", "depthwise", "fc", "im2col")
+_MEMORY_GROUP = ("batch_norm", "activation", "add", "elementwise", "pool")
+
+
+def widened_pct(uncertainty_pct: float) -> float:
+    """The +- band, percent, of an estimate that used a prior (engine band ``uncertainty_pct``)."""
+    return ((1.0 + uncertainty_pct / 100.0) * PRIOR_BAND_FACTOR - 1.0) * 100.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +115,7 @@ class LatencyEstimate:
     Attributes:
         latency_ms: point estimate, milliseconds (None when the profile lacks a needed number).
         latency_ms_low, latency_ms_high: uncertainty band, milliseconds.
-        uncertainty_pct: the engine's stated band.
+        uncertainty_pct: the band, percent: the engine's, widened when a prior was used.
         engine, runtime, dtype, threads: what the estimate is for.
         invoke_overhead_us: fixed per-inference part (incl. container module calls).
         ops: per-op rows in execution order.
@@ -145,8 +177,13 @@ def _need(value: float | None, what: str) -> float:
     return value
 
 
-def _bandwidth(profile: DeviceProfile, working_set: int) -> tuple[float, str | None]:
-    """Achievable bandwidth (bytes/us) of the fastest level holding ``working_set`` bytes."""
+def _bandwidth(
+    profile: DeviceProfile, working_set: int, engine: Engine | None = None
+) -> tuple[float, str | None]:
+    """Achievable bandwidth (bytes/us) of the fastest level holding ``working_set`` bytes.
+
+    The last level with no number gets the prior of 1 byte per ``engine`` clock cycle.
+    """
     levels = profile.memory.levels
     for i, lvl in enumerate(levels):
         last = i == len(levels) - 1
@@ -158,9 +195,35 @@ def _bandwidth(profile: DeviceProfile, working_set: int) -> tuple[float, str | N
                     f"memory level {lvl.name}: achievable bandwidth unknown, used the spec peak"
                     " (optimistic)"
                 )
+            if last and engine is not None and engine.clock_ghz is not None:
+                gbps = PRIOR_BYTES_PER_CYCLE * engine.clock_ghz
+                return gbps * 1e3, (
+                    f"{lvl.name} bandwidth unknown: prior {gbps:.3g} GB/s"
+                    f" ({PRIOR_BYTES_PER_CYCLE:g} byte per cycle at {engine.clock_ghz:g} GHz)"
+                    f" {_PRIOR_MARK} +-{widened_pct(engine.uncertainty_pct):.0f} %"
+                )
             if last:
                 raise _Unknown(f"memory level {lvl.name} bandwidth")
     raise _Unknown("memory bandwidth")  # pragma: no cover - loop always returns on last level
+
+
+def _efficiency(engine: Engine, kind: str, notes: set[str]) -> float:
+    """The engine's efficiency for ``kind``, or the prior: its lowest of the same group."""
+    value: float | None = getattr(engine.efficiency, kind)
+    if value is not None:
+        return value
+    group = _COMPUTE_GROUP if kind in _COMPUTE_GROUP else _MEMORY_GROUP
+    known: dict[str, float] = {
+        k: v for k in group if (v := getattr(engine.efficiency, k)) is not None
+    }
+    if not known:
+        raise _Unknown(f"efficiency.{kind}")
+    lowest = min(known, key=lambda k: known[k])
+    notes.add(
+        f"efficiency.{kind} unknown: prior {known[lowest]:g} (the engine's lowest,"
+        f" efficiency.{lowest}) {_PRIOR_MARK} +-{widened_pct(engine.uncertainty_pct):.0f} %"
+    )
+    return known[lowest]
 
 
 def _aligned(count: int, align: int) -> int:
@@ -239,7 +302,7 @@ def _op_latency(
     weight_bytes = 0
     if kind in (*COMPUTE_KINDS, "im2col"):
         peak = _need(engine.peak.for_dtype(dtype), f"peak for {dtype}")
-        eff = _need(getattr(engine.efficiency, kind), f"efficiency.{kind}")
+        eff = _efficiency(engine, kind, notes)
         base = op.live_macs if compacted else op.macs
         c_out = op.live_c_out if compacted else op.c_out
         macs = base * _aligned(c_out, engine.channel_alignment) // c_out if c_out else base
@@ -256,13 +319,13 @@ def _op_latency(
     moved = act_bytes + weight_bytes
     # Activations come from the level that holds this op's working set; weights are re-read
     # every inference from the level that holds the whole model's weights.
-    bandwidth, note = _bandwidth(profile, moved)
-    w_bandwidth, w_note = _bandwidth(profile, max(model_weight_bytes, moved))
+    bandwidth, note = _bandwidth(profile, moved, engine)
+    w_bandwidth, w_note = _bandwidth(profile, max(model_weight_bytes, moved), engine)
     for n in (note, w_note):
         if n:
             notes.add(n)
     if kind not in (*COMPUTE_KINDS, "im2col"):
-        bandwidth *= _need(getattr(engine.efficiency, kind), f"efficiency.{kind}")
+        bandwidth *= _efficiency(engine, kind, notes)
     memory = act_bytes / bandwidth + weight_bytes / w_bandwidth
     busy = max(compute, memory)
     if overhead >= busy:
@@ -331,12 +394,15 @@ def estimate_latency(
             0.0, tuple(rows), tuple(sorted(notes)),
         )  # fmt: skip
     total_ms = (sum(r.time_us for r in rows) + invoke) / 1e3
-    band = 1.0 + eng.uncertainty_pct / 100.0
+    pct = eng.uncertainty_pct
+    if any(_PRIOR_MARK in n for n in notes):
+        pct = widened_pct(pct)
+    band = 1.0 + pct / 100.0
     return LatencyEstimate(
         latency_ms=total_ms,
         latency_ms_low=total_ms / band,
         latency_ms_high=total_ms * band,
-        uncertainty_pct=eng.uncertainty_pct,
+        uncertainty_pct=pct,
         engine=eng.name,
         runtime=eng.runtime,
         dtype=dt,

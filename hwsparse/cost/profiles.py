@@ -284,6 +284,35 @@ class Capacity:
 
 
 @dataclass(frozen=True)
+class DefaultBudget:
+    """The budget ``hwsparse search --target ID`` uses when no budget flag is given.
+
+    Keys match :class:`hwsparse.cost.estimate.Budget` (null or absent = no limit); every value
+    must be above the device's floors (see :func:`hwsparse.cost.budget.floors`).
+
+    Attributes:
+        latency_ms: estimated latency, ms.
+        weight_kb: weight storage, KiB.
+        ram_kb: RAM (activations + runtime reserve, + weights when loaded into RAM), KiB.
+        activation_kb: activation arena peak, KiB.
+        mflops: sparse-aware MFLOPs.
+        reason: why these numbers (shown by ``hwsparse devices ID``).
+    """
+
+    reason: str
+    latency_ms: float | None = None
+    weight_kb: float | None = None
+    ram_kb: float | None = None
+    activation_kb: float | None = None
+    mflops: float | None = None
+
+    def limits(self) -> dict[str, float]:
+        """The set limits, Budget field name -> value."""
+        keys = ("latency_ms", "weight_kb", "ram_kb", "activation_kb", "mflops")
+        return {k: v for k in keys if (v := getattr(self, k)) is not None}
+
+
+@dataclass(frozen=True)
 class Power:
     """Power figures, watts (null if unknown)."""
 
@@ -334,6 +363,8 @@ class DeviceProfile:
         capacity: budgets.
         power: power figures.
         anchors: published measurements.
+        default_budget: the budget a search on this target uses when none is given (optional
+            in the schema; every shipped profile has one).
         path: file the profile was loaded from (not a YAML key).
     """
 
@@ -348,6 +379,7 @@ class DeviceProfile:
     capacity: Capacity
     power: Power
     anchors: tuple[Anchor, ...] = ()
+    default_budget: DefaultBudget | None = None
     path: str | None = field(default=None, metadata={"yaml": None})
 
     def engine(self, name: str | None = None) -> Engine:
@@ -405,6 +437,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 return _convert(opt, value, where)
             except _SchemaError as exc:
                 errors.append(exc)
+        if len(errors) == 1 and isinstance(value, dict):  # an optional mapping: its own error
+            raise errors[0]
         raise _SchemaError(where, f"expected {_type_name(tp)}, got {_shown(value)}")
     if origin is Literal:
         if value not in get_args(tp):
@@ -544,6 +578,13 @@ def _check(profile: DeviceProfile) -> None:
             raise _SchemaError(
                 f"anchors[{i}].engine", f"unknown engine; valid: {', '.join(names)}"
             )
+    if profile.default_budget is not None:
+        limits = profile.default_budget.limits()
+        if not limits:
+            raise _SchemaError("default_budget", "set at least one limit (or drop the section)")
+        for key, value in limits.items():
+            if not value > 0:
+                raise _SchemaError(f"default_budget.{key}", "must be > 0")
     for where, text in _source_fields(profile):
         for key in _SOURCE_KEY.findall(text):
             if key not in profile.sources:

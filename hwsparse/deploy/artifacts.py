@@ -34,6 +34,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from hwsparse._files import umask
 from hwsparse.errors import InputError, valid_names
 
 FORMATS = ("onnx", "tflite")
@@ -140,7 +141,7 @@ def write_artifact(
             with torch.no_grad():
                 torch_pred = torch.cat([model(b).argmax(1) for b in _batches(xt, 1024)])
             torch_acc = float((torch_pred == yt).double().mean())
-        tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        tmp.chmod(0o666 & ~umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -198,12 +199,6 @@ def _require(format: str) -> None:
             raise InputError(
                 f"{format} artifacts need {mod.replace('_', '-')}, not installed: {INSTALL}"
             ) from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _quiet_litert() -> None:

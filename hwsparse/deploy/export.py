@@ -19,15 +19,17 @@ accuracies as fractions 0..1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hwsparse._files import atomic_write_text, staged_dir
 from hwsparse._json import dumps
 from hwsparse.cost.estimate import Budget, estimate
-from hwsparse.cost.profiles import DeviceProfile
+from hwsparse.cost.profiles import DeviceProfile, Engine
 from hwsparse.data import Dataset
 from hwsparse.deploy.artifacts import FORMATS, ArtifactReport, write_artifact
 from hwsparse.deploy.compact import compact
@@ -72,11 +74,15 @@ def export_ticket(
     dtype: str | None = None,
     budget: Budget | None = None,
     found: dict[str, Any] | None = None,
+    ticket_dir: str | Path | None = None,
 ) -> Export:
     """Deploy ``ticket`` for ``profile``'s first engine into ``out_dir`` (see module docstring).
 
     ``data`` gives the calibration inputs (training split) and the test split the artifact is
-    measured on; ``found`` says how the ticket was found (study and trial, or its method).
+    measured on; ``found`` says how the ticket was found (study and trial, or its method); the
+    files of ``ticket_dir`` (the ticket) are copied to ``out_dir/ticket``. The folder is built
+    beside ``out_dir`` and swapped in when complete: a failed or killed export leaves the
+    previous one whole (:func:`hwsparse._files.staged_dir`).
     """
     engine = profile.engine()
     fmt = format or engine.artifact
@@ -88,7 +94,26 @@ def export_ticket(
             f"the ticket takes inputs of shape {list(ticket.input_shape)} but dataset "
             f"{data.name!r} has {list(data.input_shape)}"
         )
+    with staged_dir(out_dir, marker=CARD_FILE) as stage:
+        if ticket_dir is not None:
+            shutil.copytree(ticket_dir, stage / "ticket")
+        done = _export(ticket, profile, data, stage, fmt, dt, engine, budget, found)
     out = Path(out_dir)
+    path = out / done.artifact.path.name
+    return Export(replace(done.artifact, path=path), done.card, out)
+
+
+def _export(
+    ticket: Ticket,
+    profile: DeviceProfile,
+    data: Dataset,
+    out: Path,
+    fmt: str,
+    dt: str,
+    engine: Engine,
+    budget: Budget | None,
+    found: dict[str, Any] | None,
+) -> Export:
     masked = ticket.model.eval()
     compacted = compact(masked, ticket.input_shape, ticket.masks)
     x_test, y_test = data.x_test.cpu(), data.y_test.cpu()
@@ -155,7 +180,9 @@ def export_ticket(
         "input": {
             "shape": [1, *ticket.input_shape],
             "layout": "batch first, channels first (PyTorch order, NCHW for images)",
+            "dtype": "float32",  # the artifact's own io (below) says otherwise when quantized
             **artifact.io.get("input", {}),
+            "preprocessing": data.preprocessing,
         },
         "output": artifact.io.get("output", {}),
         "target": {
@@ -178,7 +205,7 @@ def export_ticket(
             "accuracy": "fraction of the test split classified correctly",
         },
     }
-    (out / CARD_FILE).write_text(dumps(card))
+    atomic_write_text(out / CARD_FILE, dumps(card))
     return Export(artifact, card, out)
 
 
