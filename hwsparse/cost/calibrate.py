@@ -43,7 +43,8 @@ import resource
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -323,6 +324,24 @@ def _classes(tr: Trace, profile: DeviceProfile) -> set[str]:
     return {r.kind for r in _predict(tr, profile)}
 
 
+def _flushes_denormals() -> bool:
+    """Whether the CPU now flushes denormal floats to zero (torch has no getter for it)."""
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
+    return bool((tiny * 1.0).item() == 0.0)
+
+
+@contextmanager
+def flush_denormal() -> Iterator[None]:
+    """Flush denormals to zero while the block runs (measurements do not hit the slow path),
+    then put back what the caller had: a library does not change its caller's arithmetic."""
+    before = _flushes_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
 def calibrate(
     threads: int = 1,
     quick: bool = False,
@@ -367,10 +386,9 @@ def calibrate(
     alerts = [w for w in [busy_warning(threads)] if w]
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
     min_time = 0.003 if quick else 0.3
     try:
-        with torch.no_grad():
+        with torch.no_grad(), flush_denormal():
             say("GEMM peak")
             peak = gemm_peak_gflops(
                 (128, 256) if quick else (128, 256, 512, 1024), min_time, threads
@@ -833,8 +851,8 @@ def _fit_class(
         rows.append((compute, memory, max(t - others, 1e-3)))
     memory_bound = kind not in FIT_CLASSES
     best = (1.0, 0.0, math.inf)
-    for i in range(80):
-        e = 0.005 * 1.09**i  # 0.005 .. ~4.5
+    for i in range(78):  # the profile schema accepts efficiencies in (0, 4]
+        e = 0.005 * 1.09**i  # 0.005 .. ~3.8
         busy = [m / e if memory_bound else max(c / e, m) for c, m, _ in rows]
         w = [1 / y**2 for _, _, y in rows]
         o = sum(wi * (y - b) for wi, b, (_, _, y) in zip(w, busy, rows, strict=True)) / sum(w)
