@@ -29,7 +29,12 @@ import hwsparse
 from hwsparse.errors import InputError
 
 SCHEMA_VERSION = 1
-PROFILE_DIR = Path(hwsparse.__file__).resolve().parent.parent / "device_profiles"
+_PACKAGE = Path(hwsparse.__file__).resolve().parent
+# shipped profiles: inside an installed wheel (setup.py copies them), else the checkout's folder
+PROFILE_DIR = next(
+    (p for p in (_PACKAGE / "_profiles", _PACKAGE.parent / "device_profiles") if p.is_dir()),
+    _PACKAGE.parent / "device_profiles",
+)
 
 Dtype = Literal["fp32", "fp16", "int8"]
 DeviceClass = Literal["cpu", "gpu", "npu", "mcu"]
@@ -625,8 +630,12 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot read device profile {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"bad device profile {path}: not UTF-8 text ({exc.reason})") from None
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise InputError(f"bad device profile {path}: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else ""
