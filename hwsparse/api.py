@@ -233,15 +233,18 @@ def export(
     format: str | None = None,
     dtype: str | None = None,
     data_dir: str | Path | None = None,
+    trust_code: bool = False,
 ) -> Export:
     """Deploy a saved ticket for ``target``: compacted, at its precision, in its runtime's
     format, verified there; ``out/card.json`` says what it is (:mod:`hwsparse.deploy.export`).
 
-    The ticket's own dataset gives the calibration inputs and the test split.
+    The ticket's own dataset gives the calibration inputs and the test split. A ticket of a
+    ``package.module:function`` model loads only with ``trust_code=True`` (it imports that
+    module; see :func:`hwsparse.tickets.load_ticket`).
     """
     from hwsparse.deploy.export import export_ticket  # its runtimes load only when exporting
 
-    t = load_ticket(ticket_dir)
+    t = load_ticket(ticket_dir, trust_code=trust_code)
     data = load_dataset(str(t.meta.get("dataset", "digits")), data_dir)
     found = {
         "ticket": str(ticket_dir),

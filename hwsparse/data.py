@@ -529,8 +529,11 @@ _NPZ_EXPECTED = (
 
 
 def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> npt.NDArray[Any]:
+    _check_npy_size(archive, key, path)
     try:
         return np.asarray(archive[key])
+    except MemoryError:
+        raise InputError(f"array {key} in {path} is too large to load") from None
     except ValueError as exc:  # object arrays need pickle, which is refused
         raise InputError(
             f"array {key} in {path} cannot be loaded without pickle ({exc}); save plain "
@@ -538,6 +541,30 @@ def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> npt.NDArr
         ) from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise InputError(f"array {key} in {path} is corrupt: {exc}") from None
+
+
+def _check_npy_size(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> None:
+    """Refuse an array whose header claims more values than its member of the zip holds, before
+    numpy allocates for the claim (a 100-byte file can claim terabytes)."""
+    name, zipped = f"{key}.npy", archive.zip
+    if zipped is None:
+        raise InputError(f"{path} is closed")
+    try:
+        size = zipped.getinfo(name).file_size
+        with zipped.open(name) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, SyntaxError) as exc:
+        raise InputError(f"array {key} in {path} is corrupt: {exc}") from None
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > size:
+        raise InputError(
+            f"array {key} in {path} is corrupt: its header claims shape {shape} ({claimed:,} "
+            f"bytes) but the file holds {size:,}"
+        )
 
 
 def _npz_inputs(x: npt.NDArray[Any], key: str, path: Path) -> tuple[FloatArray, tuple[int, ...]]:
@@ -579,14 +606,18 @@ def _npz_labels(y: npt.NDArray[Any], key: str, n: int, path: Path) -> IntArray:
 def _load_npz(path: Path) -> _Raw:
     if not path.is_file():
         raise InputError(f"npz file not found: {path} (expected {_NPZ_EXPECTED})")
+    handle = open(path, "rb")  # ours, so that it is closed on every path (np.load leaks it)
     try:
-        archive = np.load(path, allow_pickle=False)
+        archive = np.load(handle, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        handle.close()
         raise InputError(
             f"{path} is not a readable .npz file ({exc}); expected {_NPZ_EXPECTED}"
         ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
+        handle.close()
         raise InputError(f"{path} is a single .npy array, not an .npz; expected {_NPZ_EXPECTED}")
+    archive.fid = handle  # type: ignore[assignment]  # closed with the archive
     with archive:
         keys = set(archive.files)
         if not {"X", "y"} <= keys:

@@ -361,6 +361,27 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     return factory(input_shape, num_classes)
 
 
+def is_user_model(name: str) -> bool:
+    """True for a ``package.module:function`` name (building it imports that module)."""
+    return ":" in name
+
+
+def require_trust(name: str, origin: str, *, trust_code: bool, named: str | None = None) -> None:
+    """Refuse to build a ``module:function`` model that a file (``origin``) names.
+
+    A registry name is always fine. A user factory named by a ticket or a study would import
+    (run) its module, so it is built only with ``trust_code`` or when it is ``named``: the name
+    the user gave on this command line (``--model``) or in this call.
+    """
+    if not is_user_model(name) or trust_code or name == named:
+        return
+    module = name.partition(":")[0]
+    raise InputError(
+        f"{origin} names model {name!r}: building it would import (run) module {module!r}; "
+        "pass --trust-code (API: trust_code=True) if you trust that code"
+    )
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 

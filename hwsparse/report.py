@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
+from hwsparse._files import atomic_write
 from hwsparse.search import CONFIG_ATTR, PICK_ATTR, closest, feasible, pick
 
 # --- rows ----------------------------------------------------------------------------------------
@@ -265,13 +266,21 @@ def front_2d(points: list[tuple[float, float, int]]) -> list[tuple[float, float,
     return front
 
 
+def pruned_reasons(study: optuna.Study) -> list[dict[str, Any]]:
+    """Pruned trials grouped by reason, most frequent first: ``{reason, count, trials}``."""
+    groups: dict[str, list[int]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        reason = t.user_attrs.get("pruned_reason") or t.user_attrs.get("message")
+        groups.setdefault(str(reason or "pruned (no reason recorded)"), []).append(t.number)
+    rows = [{"reason": r, "count": len(n), "trials": n} for r, n in groups.items()]
+    return sorted(rows, key=lambda row: (-row["count"], row["trials"][0]))
+
+
 def plot_study(study: optuna.Study, path: str | Path) -> Path:
     """Accuracy vs latency (or MFLOPs) with the 2-D Pareto front and every active budget, plus
     accuracy vs weights and vs RAM (their budgets drawn), and parameter importances."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot: no backend switch, no global figure registry in the caller
+    from matplotlib.figure import Figure
 
     config = study.user_attrs.get(CONFIG_ATTR) or {}
     budget = config.get("budget", {})
@@ -290,7 +299,7 @@ def plot_study(study: optuna.Study, path: str | Path) -> Path:
     if use_latency and budget.get("mflops") is not None:
         panels.append(("flops", "MFLOPs (1 multiply-add = 1 flop)", 1e-6, "mflops", "MFLOPs"))
 
-    fig = plt.figure(figsize=(13, 8.5), layout="constrained")
+    fig = Figure(figsize=(13, 8.5), layout="constrained")
     grid = fig.add_gridspec(2, len(panels) - 1 if len(panels) > 2 else 2, height_ratios=[3, 2])
     top = grid[0, :].subgridspec(1, 2, width_ratios=[3, 2])
     ax_main, ax_imp = fig.add_subplot(top[0]), fig.add_subplot(top[1])
@@ -308,8 +317,7 @@ def plot_study(study: optuna.Study, path: str | Path) -> Path:
     _importance_panel(study, ax_imp)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
     return out
 
 

@@ -18,22 +18,28 @@ with its constraint values, so the sampler learns from it).
 
 Crash safety. Finished trials are in the storage the moment they finish. A trial interrupted
 by Ctrl-C is failed with ``interrupted`` set; a trial whose worker was killed stays RUNNING and
-is recognised on the next run (same host: its process is gone; other hosts: no heartbeat for
-``STALE_AFTER_S``). Either way its parameters are enqueued again once (``retry_of``), so a
-resumed study re-runs it. Picking uses validation accuracy only; the picked ticket is then
-evaluated once on the test split and that number is stored with the study.
+is recognised on the next run (journal files: its worker's flock, ``NAME.workers/ID.lock``,
+can be taken, so its process is gone whatever its PID namespace; databases: same host and its
+PID is gone, or no heartbeat for ``STALE_AFTER_S``). Either way its parameters are enqueued
+again once (``retry_of``), so a resumed study re-runs it. Picking uses validation accuracy
+only; the picked ticket is then evaluated once on the test split and that number is stored
+with the study.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import json
 import logging
 import math
 import os
+import re
 import socket
 import statistics
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,22 +71,19 @@ from hwsparse.tickets import META_FILE, WEIGHTS_FILE, load_ticket, save_ticket
 
 STALE_LOCK_S = 30  # Optuna's grace period: a journal lock this old is left by a dead writer
 STALE_AFTER_S = 600.0  # a RUNNING trial of another host with no heartbeat this long is dead
+STOP_AFTER_SAME_ERRORS = 3  # identical errors in a row, no trial trained: stop the study
 CONFIG_ATTR = "hwsparse_config"
 PICK_ATTR = "hwsparse_pick"
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-
-class _NoFailedTrialLog(logging.Filter):
+class NoFailedTrialLog(logging.Filter):
     """run_search re-raises every failure of a trial (``catch=()``) to its caller, who reports
-    it (the CLI in one line); Optuna's own log of it (with a traceback) would say it twice."""
+    it (the CLI in one line); Optuna's own log of it (with a traceback) would say it twice.
+    The CLI installs it on ``optuna.study._optimize``; the library changes no logging."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         return not (msg.startswith("Trial ") and " failed with " in msg)
-
-
-logging.getLogger("optuna.study._optimize").addFilter(_NoFailedTrialLog())
 
 
 # --- storage -------------------------------------------------------------------------------------
@@ -298,11 +301,17 @@ def configs(
     penalty = values.get("penalty", "log")
     binarize = values.get("binarize", "density" if "density" in values else "threshold")
     ticket_kw: dict[str, Any] = {
-        k: values[k] for k in ("mask_lr", "search_epochs", "threshold") if k in values
+        k: values[k]
+        for k in ("mask_lr", "search_epochs", "threshold", "auto_ramp", "auto_rate")
+        if k in values
     }
     eps = get_penalty(penalty).default_eps * values.get("eps_factor", 1.0)
     if binarize == "density":
-        ticket_kw.update(density=values.get("density", 0.1), auto_strength=True)
+        # strength_mode fixed (hwsparse tune, presets): a fixed lambda, top-k to the density
+        auto = values.get("strength_mode", "auto") == "auto"
+        ticket_kw.update(density=values.get("density", 0.1), auto_strength=auto)
+        if "strength" in values:  # the fixed lambda, or auto's start value
+            ticket_kw.update(strength=values["strength"])
     else:
         ticket_kw.update(strength=values.get("strength", T.TicketConfig.strength))
     ticket = T.TicketConfig(penalty=penalty, eps=eps, mask=mask, **ticket_kw)
@@ -316,6 +325,74 @@ def configs(
 
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- worker locks (journal storages) -------------------------------------------------------------
+#
+# A PID says nothing across containers that share a hostname or across PID namespaces. So each
+# worker of a journal storage holds an exclusive flock on its own file, NAME.workers/<id>.lock
+# next to the journal, for as long as it lives, and records <id> on its trials
+# (``worker_lock``). The OS drops a flock when its process dies, however it dies and whatever
+# its PID namespace: a RUNNING trial is dead exactly when its worker's lock can be taken.
+
+WORKER_LOCK_ATTR = "worker_lock"
+_held_locks: dict[str, tuple[str, int]] = {}  # workers folder -> (lock id, open fd holding it)
+_LOCK_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def workers_folder(journal: str | Path) -> Path:
+    """Where the worker locks of the journal file ``journal`` live: ``NAME.workers/``."""
+    return Path(journal).with_suffix(".workers")
+
+
+def _journal_path(study: optuna.Study) -> Path | None:
+    backend = getattr(study._storage, "_backend", None)
+    if isinstance(backend, JournalFileBackend):
+        return Path(backend._file_path)
+    return None
+
+
+def worker_lock(journal: str | Path) -> str:
+    """Take (once per process and journal) this worker's lock; returns its id. Held until the
+    process exits (a clean exit also removes the file)."""
+    folder = workers_folder(journal)
+    held = _held_locks.get(str(folder))
+    if held is not None:
+        return held[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_id = uuid.uuid4().hex
+    path = folder / f"{lock_id}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: nobody else holds it
+    _held_locks[str(folder)] = (lock_id, fd)
+    atexit.register(_drop_lock, path, fd)
+    return lock_id
+
+
+def _drop_lock(path: Path, fd: int) -> None:
+    path.unlink(missing_ok=True)
+    os.close(fd)
+
+
+def lock_is_free(journal: str | Path, lock_id: str) -> bool:
+    """True when no live process holds worker ``lock_id``'s lock (its file is then removed);
+    a missing lock file counts as free (its worker is gone, or another run recovered it)."""
+    if not _LOCK_ID.fullmatch(lock_id):
+        return True  # not an id this code wrote: no process can hold it
+    path = workers_folder(journal) / f"{lock_id}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        path.unlink(missing_ok=True)  # while holding it: its worker is dead
+        return True
+    finally:
+        os.close(fd)
 
 
 class Objective:
@@ -342,12 +419,19 @@ class Objective:
         storage.artifacts.mkdir(parents=True, exist_ok=True)
         self.dtype = profile.engine().dtype  # the precision the target runs the ticket at
         self.calibration = calibration_batch(data.x_train)
+        self.last_error: str | None = None  # the InputError of the trials just before
+        self.same_errors = 0  # how many trials in a row failed with it
+        self.worked = False  # a trial of this run got as far as training
+        self.systematic: str | None = None  # set when every trial fails the same way
 
     def factory(self) -> nn.Module:
         return build_model(self.config.model, self.data.input_shape, self.data.num_classes)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         trial.set_user_attr("worker", _worker_id())
+        journal = _journal_path(trial.study)
+        if journal is not None:
+            trial.set_user_attr(WORKER_LOCK_ATTR, worker_lock(journal))
         trial.set_user_attr("heartbeat", time.time())
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number)
@@ -375,8 +459,12 @@ class Objective:
             trial.set_user_attr("interrupted", True)
             raise
         except InputError as exc:  # a combination of the space this model cannot take
-            trial.set_user_attr("message", str(exc))
-            raise optuna.TrialPruned(str(exc)) from None
+            reason = str(exc)
+            trial.set_user_attr("message", reason)
+            trial.set_user_attr("pruned_reason", reason)
+            self._same_error(trial, reason)
+            raise optuna.TrialPruned(reason) from None
+        self.worked, self.last_error = True, None
         trial.set_user_attr("val_curve", curve)
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("strength_final", result.strength_final)  # lambda at the end
@@ -422,6 +510,16 @@ class Objective:
         self._upload(trial, result, ticket_cfg, train_cfg, report)
         return self._values(val_accuracy, report)
 
+    def _same_error(self, trial: optuna.Trial, reason: str) -> None:
+        """Count identical errors in a row; STOP_AFTER_SAME_ERRORS of them before any trial of
+        this run trained is a mistake every trial hits, not a bad combination: stop the study
+        (run_search then raises it)."""
+        self.same_errors = self.same_errors + 1 if reason == self.last_error else 1
+        self.last_error = reason
+        if self.same_errors >= STOP_AFTER_SAME_ERRORS and not self.worked:
+            self.systematic = reason
+            trial.study.stop()
+
     def _failed(self) -> float | tuple[float, ...]:
         if self.config.objective == "budget":
             return float("nan")
@@ -460,13 +558,19 @@ class Objective:
                 trial.report(info.val_accuracy, step)
                 if trial.should_prune():
                     trial.set_user_attr("val_curve", curve)
-                    raise optuna.TrialPruned(f"below the median at ticket epoch {step + 1}")
+                    reason = f"below the median at ticket epoch {step + 1}"
+                    trial.set_user_attr("pruned_reason", reason)
+                    self.worked, self.last_error = True, None  # it trained: no mistake
+                    raise optuna.TrialPruned(reason)
                 return
             if not peers:
                 peers.extend(_no_costlier(trial.study, cutter.report))
             if _below_median(peers, curve, step):
                 trial.set_user_attr("val_curve", curve)
-                raise optuna.TrialPruned(f"dominated at ticket epoch {step + 1}")
+                reason = f"dominated at ticket epoch {step + 1}"
+                trial.set_user_attr("pruned_reason", reason)
+                self.worked, self.last_error = True, None
+                raise optuna.TrialPruned(reason)
 
         return hook
 
@@ -572,6 +676,11 @@ def check_resume(study: optuna.Study, config: SearchConfig) -> None:
         raise InputError(
             f"study {study.study_name!r} was not made by hwsparse search; use another --study"
         )
+    if stored.get("kind", "search") != "search":  # e.g. a `hwsparse tune` study
+        raise InputError(
+            f"study {study.study_name!r} is a `hwsparse {stored.get('kind')}` study, not a "
+            "search; use another --study"
+        )
     now = config.to_dict()
     diff = [k for k in now if stored.get(k) != now[k]]
     if diff:
@@ -586,6 +695,7 @@ def check_resume(study: optuna.Study, config: SearchConfig) -> None:
 def recover_interrupted(study: optuna.Study) -> list[int]:
     """Fail trials whose worker is gone and enqueue every interrupted trial once again."""
     host = socket.gethostname()
+    journal = _journal_path(study)
     retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         retried.add(t.user_attrs.get("retry_of"))  # enqueued but not yet run
@@ -598,7 +708,10 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
             # a trial that has not reached our objective yet has no heartbeat: use its start
             started = t.datetime_start.timestamp() if t.datetime_start else time.time()
             beat = float(t.user_attrs.get("heartbeat", started))
-            if w_host == host and pid.isdigit():
+            lock_id = t.user_attrs.get(WORKER_LOCK_ATTR)
+            if journal is not None and isinstance(lock_id, str):
+                dead = lock_is_free(journal, lock_id)  # whatever host or PID it names
+            elif w_host == host and pid.isdigit():  # a trial of a run before worker locks
                 dead = not _alive(int(pid))
             else:
                 dead = time.time() - beat > STALE_AFTER_S
@@ -667,13 +780,15 @@ def run_search(
     sampler: str = "tpe",
     in_total: bool = False,
     on_trial_start: Callable[[int], None] | None = None,
+    enqueue: dict[str, Any] | None = None,
 ) -> SearchOutcome:
     """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s).
 
     With ``in_total``, ``trials`` is what the study should have in all: only the missing ones
     run (none when it has them; :func:`count_finished` counts). ``sampler`` is ``tpe`` (the
     default) or ``random`` (a baseline for benchmarks). ``on_trial_start(number)`` is called
-    as each trial begins, ``on_epoch`` after each of its training epochs.
+    as each trial begins, ``on_epoch`` after each of its training epochs. ``enqueue``: params
+    of a first trial (``--preset --warm-start``), queued when the study has no trial yet.
     """
     if trials < 1:
         raise InputError(f"--trials must be >= 1 (got {trials})")
@@ -708,6 +823,8 @@ def run_search(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metrics)  # shown by optuna-dashboard and the optuna CLI
     retried = recover_interrupted(study)
+    if enqueue and not study.trials:
+        study.enqueue_trial(enqueue, user_attrs={"warm_start": True})
     before = count_finished(study)
     to_run = max(0, trials - before) if in_total else trials
     # Samplers are not stored: rebuild one, seeded by how far the study is, so a resumed run
@@ -744,6 +861,11 @@ def run_search(
             catch=(),
             gc_after_trial=False,
         )
+        if objective.systematic is not None:
+            raise InputError(
+                f"stopped study {study_name!r}: its last {objective.same_errors} trials failed "
+                f"with the same error, so every trial would: {objective.systematic}"
+            )
     pick, test_acc = pick_and_test(study, storage, data, profile.engine().dtype)
     return SearchOutcome(
         study,
@@ -827,7 +949,9 @@ def pick_and_test(
     if stored.get("trial") == chosen.number:
         return chosen, float(stored["test_accuracy"])
     with tempfile.TemporaryDirectory() as tmp:
-        ticket = load_ticket(fetch_ticket(study, chosen, storage, Path(tmp)))
+        # the study's model is the one this caller named (run_search checked it on resume)
+        model = str((study.user_attrs.get(CONFIG_ATTR) or {}).get("model", ""))
+        ticket = load_ticket(fetch_ticket(study, chosen, storage, Path(tmp)), model=model)
     x, y = data.x_test.cpu(), data.y_test.cpu()
     deployed = simulate(ticket.model, dtype, calibration_batch(data.x_train))
     acc, fp32 = accuracy(deployed, x, y), accuracy(ticket.model, x, y)

@@ -50,9 +50,19 @@ KNOBS: dict[str, tuple[type, tuple[Any, ...] | None]] = {
     "epochs": (int, None),
     "lr": (float, None),
     "rewind_steps": (int, None),
+    # --strength auto or a fixed lambda with top-k to the density (hwsparse tune), and the
+    # auto controller's settings (TicketConfig.auto_ramp, auto_rate)
+    "strength_mode": (str, ("auto", "fixed")),
+    "auto_ramp": (float, None),
+    "auto_rate": (float, None),
 }
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+_PACKAGE = Path(__file__).resolve().parent
+# shipped spaces: inside an installed wheel (setup.py copies them), else the checkout's folder
+SPACES_DIR = next(
+    (p for p in (_PACKAGE / "_spaces", _PACKAGE.parent / "search_spaces") if p.is_dir()),
+    _PACKAGE.parent / "search_spaces",
+)
 
 
 @dataclass(frozen=True)
@@ -113,10 +123,14 @@ def load_space(name_or_path: str | Path = "default") -> SearchSpace:
     if not path.is_file():
         raise InputError(f"search space file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "syntax error"
         raise InputError(f"{path}: malformed YAML: {first}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: malformed YAML: not UTF-8 text ({exc.reason})") from None
+    except RecursionError:
+        raise InputError(f"{path}: malformed YAML: nested too deeply") from None
     return parse_space(data, str(path))
 
 

@@ -11,8 +11,10 @@ A ticket directory holds two files:
   say which zeros are structural (a weight can also be zero by chance). Masks have the weight's
   shape, keyed by the layer's name in ``named_modules()``.
 
-The model is rebuilt from its registry name (``hwsparse.models``); a ``package.module:function``
-model imports that module, so load tickets of user models only from sources you trust as code.
+The model is rebuilt from its registry name (``hwsparse.models``). A ``package.module:function``
+model would import that module, so :func:`load_ticket` refuses it unless the caller trusts the
+ticket as code (``trust_code=True``, CLI ``--trust-code``) or named that same model itself
+(``model=``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from hwsparse._files import atomic_write, atomic_write_text, staged_dir
 from hwsparse._json import dumps
 from hwsparse.errors import InputError
 from hwsparse.masks import Masks, layer_densities
-from hwsparse.models import build_model
+from hwsparse.models import build_model, require_trust
 
 FORMAT = "hwsparse-ticket"
 VERSION = 1
@@ -88,8 +90,15 @@ def save_ticket(
     return out
 
 
-def load_ticket(directory: str | Path) -> Ticket:
-    """Load a ticket saved by :func:`save_ticket`; bad or missing files raise InputError."""
+def load_ticket(
+    directory: str | Path, *, trust_code: bool = False, model: str | None = None
+) -> Ticket:
+    """Load a ticket saved by :func:`save_ticket`; bad or missing files raise InputError.
+
+    A ticket of a ``package.module:function`` model is built (its module imported) only with
+    ``trust_code=True`` or when ``model`` is that same name (the caller named it); otherwise
+    InputError names the module. Registry models need neither.
+    """
     folder = Path(directory)
     meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
     for p in (meta_path, weights_path):
@@ -98,36 +107,107 @@ def load_ticket(directory: str | Path) -> Ticket:
                 f"not a ticket directory: {p} is missing (expected {META_FILE} and {WEIGHTS_FILE})"
             )
     try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{meta_path} is not valid JSON: {exc}") from None
+        meta = json.loads(meta_path.read_bytes())
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge ints, deep nesting
+        line = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise InputError(f"{meta_path} is not valid JSON: {line}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{meta_path} is not an hwsparse ticket (no format {FORMAT!r})")
     if meta.get("version") != VERSION:
-        raise InputError(f"{meta_path}: unsupported ticket version {meta.get('version')!r}")
-    try:
-        input_shape = tuple(int(v) for v in meta["input_shape"])
-        num_classes = int(meta["num_classes"])
-        model_name = str(meta["model"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{meta_path}: missing or bad field {exc}") from None
+        raise InputError(f"{meta_path}: unsupported ticket version {meta.get('version')!r:.40}")
+    input_shape, num_classes, model_name = _header(meta, meta_path)
     try:
         payload = torch.load(weights_path, map_location="cpu", weights_only=True)
         state, masks = payload["state_dict"], payload["masks"]
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{weights_path} cannot be read as ticket weights: {first}") from None
-    model = build_model(model_name, input_shape, num_classes)
+    if not _tensor_dict(state) or not _tensor_dict(masks):
+        raise InputError(
+            f"{weights_path} cannot be read as ticket weights: state_dict and masks must map "
+            "names to tensors"
+        )
+    require_trust(model_name, str(meta_path), trust_code=trust_code, named=model)
+    if ":" not in model_name:  # registry models: check the shapes before allocating any
+        _check_shapes(model_name, input_shape, num_classes, state, weights_path)
+    built = build_model(model_name, input_shape, num_classes)
     try:
-        model.load_state_dict(state)
+        built.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputError(f"{weights_path} does not fit model {model_name!r}: {first}") from None
-    modules = dict(model.named_modules())
+    modules = dict(built.named_modules())
     for name, mask in masks.items():
         layer = modules.get(name)
         weight = getattr(layer, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.shape != mask.shape:
-            raise InputError(f"{weights_path}: mask {name!r} does not match a layer's weight")
-    model.eval()
-    return Ticket(model, dict(masks), model_name, input_shape, num_classes, meta)
+            raise InputError(f"{weights_path}: mask {name!r:.60} does not match a layer's weight")
+    built.eval()
+    return Ticket(built, dict(masks), model_name, input_shape, num_classes, meta)
+
+
+MAX_INPUT_ELEMENTS = 1 << 22
+"""Largest per-sample input a ticket may declare (4 Mi values, e.g. 3 x 1024 x 1024): a larger
+one would make every forward pass of the cost model allocate without bound."""
+
+
+def _header(meta: dict[str, Any], meta_path: Path) -> tuple[tuple[int, ...], int, str]:
+    """``input_shape``, ``num_classes`` and ``model`` of a ticket header, checked."""
+    shape, classes, name = meta.get("input_shape"), meta.get("num_classes"), meta.get("model")
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+        or not 1 <= len(shape) <= 4
+    ):
+        raise InputError(
+            f"{meta_path}: input_shape must be a list of 1 to 4 positive integers, got "
+            f"{shape!r:.60}"
+        )
+    elements = 1
+    for d in shape:
+        elements *= d
+        if elements > MAX_INPUT_ELEMENTS:
+            raise InputError(
+                f"{meta_path}: input_shape {shape!r:.60} has more than {MAX_INPUT_ELEMENTS:,} "
+                "values per sample"
+            )
+    if not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= 1 << 20:
+        raise InputError(
+            f"{meta_path}: num_classes must be an integer from 1 to {1 << 20}, got {classes!r:.40}"
+        )
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{meta_path}: model must be a model name, got {name!r:.60}")
+    return tuple(shape), classes, name
+
+
+def _tensor_dict(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
+
+
+def _check_shapes(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    state: dict[str, torch.Tensor],
+    weights_path: Path,
+) -> None:
+    """Build the model on the meta device (no memory) and compare its tensors' shapes with the
+    weights file's: a header cannot make the loader allocate more than the file holds."""
+    with torch.device("meta"):
+        skeleton = build_model(name, input_shape, num_classes)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    for key, shape in expected.items():
+        got = state.get(key)
+        if got is None or tuple(got.shape) != shape:
+            have = "missing" if got is None else f"shape {tuple(got.shape)}"
+            raise InputError(
+                f"{weights_path} does not fit model {name!r} on input {input_shape}: "
+                f"{key!r} is {have}, the model needs {shape}"
+            )
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise InputError(
+            f"{weights_path} does not fit model {name!r}: unexpected tensor {extra[0]!r:.60}"
+        )

@@ -97,6 +97,10 @@ class TicketConfig:
     threshold: float = 0.5  # binarisation threshold when no density is asked for
     density: float | None = None  # exact target density (top-k) instead of the threshold
     mask: M.MaskConfig = field(default_factory=M.MaskConfig)
+    # --strength auto's controller (see _PenaltyTerm): share of the search phase over which
+    # the density path reaches the target, and log-lambda change per step at error 1
+    auto_ramp: float = 0.6
+    auto_rate: float = 0.02
 
     def __post_init__(self) -> None:
         get_penalty(self.penalty)
@@ -113,6 +117,10 @@ class TicketConfig:
             M.check_density(self.density)
         if self.auto_strength and self.density is None:
             raise InputError("--strength auto needs a target --density")
+        if not 0 < self.auto_ramp <= 1:
+            raise InputError(f"auto_ramp must be in (0, 1] (got {self.auto_ramp})")
+        if not self.auto_rate > 0:
+            raise InputError(f"auto_rate must be > 0 (got {self.auto_rate})")
 
 
 @dataclass(frozen=True)
@@ -435,6 +443,9 @@ class _PenaltyTerm:
         self.lam = ticket.strength
         self.threshold = ticket.threshold
         self.target = None if target is None else target * self._HEADROOM
+        self.ramp = ticket.auto_ramp  # (defaults: _RAMP, _RATE; _RATE_DOWN = 10 x the rate)
+        self.rate_up = ticket.auto_rate
+        self.rate_down = ticket.auto_rate * (self._RATE_DOWN / self._RATE)
 
     @torch.no_grad()
     def value(self) -> float:
@@ -464,9 +475,9 @@ class _PenaltyTerm:
         over the first ``_RAMP`` of the search phase and then holds it."""
         if self.target is None:
             return
-        goal = self.target ** min(1.0, progress / self._RAMP)
+        goal = self.target ** min(1.0, progress / self.ramp)
         error = (M.soft_density(self.relaxed, self.threshold) - goal) / goal
-        rate = self._RATE if error > 0 else self._RATE_DOWN
+        rate = self.rate_up if error > 0 else self.rate_down
         self.lam *= math.exp(rate * max(-1.0, min(1.0, error)))
 
 

@@ -27,6 +27,7 @@ runner = CliRunner()
 # option -> value that keeps the run short; appended when the command lacks the option
 SMALL: dict[str, dict[str, str]] = {
     "search": {"--trials": "2", "--epochs": "1"},
+    "tune": {"--trials": "2", "--epochs": "1", "--seeds": "1"},
     "ticket": {"--epochs": "1", "--search-epochs": "1"},
     "compare": {"--seeds": "1", "--epochs": "1", "--search-epochs": "1"},
     "calibrate": {"--quick": ""},

@@ -43,10 +43,13 @@ def _main(
     ),
 ) -> None:
     """hwsparse: find sparse neural networks (lottery tickets) that fit an edge device."""
+    from hwsparse.cli._common import quiet_optuna
+
+    quiet_optuna()
 
 
 # Imported for their side effect of registering commands on `app`.
-from hwsparse.cli import _cost, _engine, _search  # noqa: E402,F401
+from hwsparse.cli import _cost, _engine, _search, _tune  # noqa: E402,F401
 
 
 def main() -> None:

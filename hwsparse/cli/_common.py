@@ -42,6 +42,19 @@ if not any(isinstance(h, _Warnings) for h in _log.handlers):
     _log.addHandler(_Warnings(logging.WARNING))
 
 
+def quiet_optuna() -> None:
+    """The CLI's logging of Optuna (process-wide, so never done by the library): warnings only,
+    and no second report of a failed trial (the CLI prints it in one line)."""
+    import optuna
+
+    from hwsparse.search import NoFailedTrialLog
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, NoFailedTrialLog) for f in logger.filters):
+        logger.addFilter(NoFailedTrialLog())
+
+
 class Interrupted(Exception):
     """Ctrl-C, with the one line to print (what was kept, how to resume); exit 130."""
 
@@ -136,6 +149,14 @@ Model = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
+TrustCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="Build a package.module:function model that a ticket or study names (imports and "
+        "runs that module). Without it only registry models, or the --model you give, load.",
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
 Threads = Annotated[
     int | None,

@@ -12,8 +12,9 @@ import yaml
 from rich.table import Table
 from torch import nn
 
+from hwsparse._files import atomic_write_text
 from hwsparse.cli import app
-from hwsparse.cli._common import err, out, print_json, user_errors
+from hwsparse.cli._common import TrustCode, err, out, print_json, user_errors
 from hwsparse.cost.estimate import CostReport, estimate
 from hwsparse.cost.flops import CONVENTION
 from hwsparse.cost.profiles import (
@@ -364,6 +365,7 @@ def estimate_cmd(
     dtype: Annotated[
         str | None, typer.Option(help="fp32, fp16 or int8 (default: the engine runtime's).")
     ] = None,
+    trust_code: TrustCode = False,
     as_json: AsJson = False,
 ) -> None:
     """FLOPs, memory and latency of a (sparse) model on a device profile.
@@ -377,7 +379,7 @@ def estimate_cmd(
         if ticket is not None:
             from hwsparse.tickets import load_ticket
 
-            loaded = load_ticket(ticket)
+            loaded = load_ticket(ticket, trust_code=trust_code, model=model)
             if model is not None and model != loaded.model_name:
                 raise InputError(
                     f"--model {model!r} disagrees with the ticket's model {loaded.model_name!r}"
@@ -553,7 +555,7 @@ def calibrate(
         parse_profile(yaml.safe_load(text), origin=str(out_path))  # must load back
         try:
             out_path.parent.mkdir(parents=True, exist_ok=True)
-            out_path.write_text(text, encoding="utf-8")
+            atomic_write_text(out_path, text)  # the old profile or the new one, never half
         except OSError as exc:
             raise InputError(f"cannot write {out_path}: {exc.strerror}") from None
         for w in result.warnings:

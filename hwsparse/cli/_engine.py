@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,6 +39,7 @@ from hwsparse.cli._common import (
 )
 from hwsparse.errors import InputError
 from hwsparse.masks import MaskConfig, check_density
+from hwsparse.preset import load_preset
 
 FLOPS_NOTE = "FLOPs: fvcore count, 1 multiply-add = 1 flop, batch 1, masked weights removed"
 
@@ -98,6 +100,7 @@ def _pct(x: float) -> str:
 
 @app.command()
 def ticket(
+    ctx: typer.Context,
     dataset: Dataset = "digits",
     data_dir: DataDir = None,
     model: Model = "mlp",
@@ -139,6 +142,13 @@ def ticket(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Save the ticket (weights, mask, config) here.")
     ] = None,
+    preset: Annotated[
+        Path | None,
+        typer.Option(
+            help="A regularizer preset (from `hwsparse tune --out`); flags you give win over "
+            "it; --density defaults to the density it was tuned for."
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Run the method once: relaxed mask + concave penalty -> ticket -> rewind -> retrain.
@@ -170,6 +180,9 @@ def ticket(
             epochs=epochs, lr=lr, rewind_steps=rewind_steps, seed=seed, device=device
         )
         T.resolve_device(device)
+        if preset is not None:
+            config, train = with_preset(ctx, preset, dataset, model, density, config, train)
+            search_epochs = config.search_epochs
         with _progress(live_progress(as_json), search_epochs + epochs) as (_, _, on_epoch):
             run = api.ticket(
                 dataset,
@@ -181,6 +194,8 @@ def ticket(
                 on_epoch=on_epoch,
             )
     summary = run.summary()
+    if preset is not None:
+        summary["preset"] = str(preset)
     summary["layers"] = [
         {"name": r.name, "kept": r.kept, "total": r.total, "density": r.density}
         for r in run.result.layers
@@ -191,6 +206,45 @@ def ticket(
         _print_ticket(run)
     if run.result.status != "ok":
         raise typer.Exit(code=1)
+
+
+def with_preset(
+    ctx: typer.Context,
+    path: Path,
+    dataset: str,
+    model: str,
+    density: float | None,
+    config: T.TicketConfig,
+    train: T.TrainConfig,
+) -> tuple[T.TicketConfig, T.TrainConfig]:
+    """``ticket --preset FILE``: the preset's regularizer at ``density`` (default: the one it
+    was tuned for); flags given on the command line win. A note when used elsewhere."""
+    from hwsparse.search import configs
+
+    p = load_preset(path)
+    d = p.density if density is None else density
+    for note in p.notes(dataset, model, d):
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    sources = {n: ctx.get_parameter_source(n) for n in ctx.params}
+    given = {n for n, src in sources.items() if src is not None and src.name == "COMMANDLINE"}
+    values: dict[str, Any] = {**p.values(), "binarize": "density", "density": d,
+                              "granularity": p.granularity}  # fmt: skip
+    if "strength" in given:
+        values.pop("strength", None)
+        values["strength_mode"] = "auto" if config.auto_strength else "fixed"
+        if not config.auto_strength:
+            values["strength"] = config.strength
+    mask_flags = ("param", "temperature", "granularity", "mask_first", "mask_last")
+    for name in ("penalty", "mask_lr", "search_epochs", *mask_flags):
+        if name in given:
+            values[name] = getattr(config.mask if name in mask_flags else config, name)
+    for name in ("epochs", "lr", "rewind_steps"):
+        if name in given or name != "rewind_steps":
+            values[name] = getattr(train, name)
+    ticket_cfg, train_cfg = configs(values, train.seed, train.device)
+    if "eps" in given:
+        ticket_cfg = replace(ticket_cfg, eps=config.eps)
+    return ticket_cfg, train_cfg
 
 
 def _print_ticket(run: api.TicketRun) -> None:

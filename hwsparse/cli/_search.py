@@ -23,6 +23,7 @@ from hwsparse.cli._common import (
     Device,
     Model,
     Threads,
+    TrustCode,
     command_line,
     err,
     live_progress,
@@ -34,6 +35,8 @@ from hwsparse.cli._common import (
 from hwsparse.cost.estimate import Budget
 from hwsparse.cost.profiles import PROFILE_DIR, load_profile
 from hwsparse.errors import InputError
+from hwsparse.models import require_trust
+from hwsparse.preset import apply_to_space, load_preset
 from hwsparse.space import load_space
 
 # The main job with no options: digits, LeNet-300-100, a Cortex-M4 microcontroller.
@@ -139,6 +142,19 @@ def search_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the sampler and of the trials.")] = 0,
     device: Device = "auto",
     threads: Threads = None,
+    preset: Annotated[
+        Path | None,
+        typer.Option(
+            help="A regularizer preset (from `hwsparse tune --out`): its knobs are fixed and "
+            "the budget decides density and granularity."
+        ),
+    ] = None,
+    warm_start: Annotated[
+        bool,
+        typer.Option(
+            help="With --preset: search the whole space, the preset's values as the first trial."
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """Run or resume a study: the most accurate ticket that fits the device budget.
@@ -157,6 +173,17 @@ def search_cmd(
             raise InputError(f"--trials must be >= 1 (got {trials})")
         tgt, budget, budget_source = _budget(target, latency_ms, flash_kb, ram_kb, max_mflops)
         sp = search.apply_epochs(load_space(space), epochs)
+        first: dict[str, Any] | None = None
+        if warm_start and preset is None:
+            raise InputError("--warm-start needs --preset FILE")
+        if preset is not None:
+            p = load_preset(preset)
+            for note in p.notes(dataset, model, None):
+                err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+            err.print(f"[yellow]note:[/yellow] {p.source} was tuned at density {p.density:g};"
+                      " here the budget decides density and granularity",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+            sp, first = apply_to_space(sp, p, warm_start)
         config = search.SearchConfig(
             dataset=dataset,
             model=model,
@@ -223,6 +250,7 @@ def search_cmd(
                 on_trial=on_trial,
                 on_epoch=on_epoch,
                 on_trial_start=on_trial_start,
+                enqueue=first,
             )
     if outcome.ran == 0 and more is None:
         err.print(
@@ -336,8 +364,8 @@ def studies(storage: StorageOpt = None, as_json: AsJson = False) -> None:
                     "n_feasible": info["n_feasible"],
                     "dataset": cfg.get("dataset"),
                     "model": cfg.get("model"),
-                    "target": cfg.get("target"),
-                    "objective": cfg.get("objective"),
+                    "target": cfg.get("target") or "—",
+                    "objective": cfg.get("objective") or cfg.get("kind"),  # tune: "tune"
                     "best_val_accuracy": picked["val_accuracy"] if picked else None,
                 }
             )
@@ -368,11 +396,17 @@ def show(
         store = search.open_storage(storage)
         s = search.load_study(study, store)
         info = report.summary(s)
+    pruned = report.pruned_reasons(s)
     if as_json:
         trials = [report.trial_row(t) for t in s.get_trials(deepcopy=False)]
-        print_json({**info, "trials": trials})
+        print_json({**info, "trials": trials, "pruned": pruned})
         return
     cfg = info["config"] or {}
+    if cfg.get("kind") == "tune":  # no target, no budget: the tune answer instead of a pick
+        from hwsparse.cli._tune import show_tune
+
+        show_tune(s, cfg)
+        return
     out.print(
         f"study {study}: {cfg.get('dataset')} / {cfg.get('model')} on {cfg.get('target')}, "
         f"objective {cfg.get('objective')}",
@@ -380,6 +414,10 @@ def show(
     )
     out.print(f"budget: {report.budget_flags(cfg.get('budget'))}", highlight=False)
     out.print(report.trials_table(s, width=out.width))
+    for row in pruned:
+        numbers = ", ".join(map(str, row["trials"]))
+        out.print(f"pruned x{row['count']} (trials {numbers}): {row['reason']}", highlight=False,
+                  soft_wrap=True)  # fmt: skip
     out.print(
         f"Pareto front (feasible; val accuracy, latency, FLOPs): trials {info['pareto_front']}"
     )
@@ -440,6 +478,7 @@ def export(
     ] = None,
     storage: StorageOpt = None,
     data_dir: DataDir = None,
+    trust_code: TrustCode = False,
     as_json: AsJson = False,
 ) -> None:
     """The deployable artifact: compacted, at the target's precision, in its runtime's format,
@@ -460,19 +499,21 @@ def export(
                 raise InputError("--ticket needs --target ID|PATH (see `hwsparse devices`)")
             with err.status(f"compacting, converting and verifying for {target}"):
                 done = api.export(
-                    ticket, target, out_dir, format=fmt, dtype=dtype, data_dir=data_dir
-                )
+                    ticket, target, out_dir, format=fmt, dtype=dtype, data_dir=data_dir,
+                    trust_code=trust_code,
+                )  # fmt: skip
         else:
             assert study is not None
             if target is not None:
                 raise InputError("--target is only for --ticket; a study exports for its own")
             store = search.open_storage(storage)
             s = search.load_study(study, store)
+            cfg = s.user_attrs.get(search.CONFIG_ATTR) or {}
+            require_trust(str(cfg.get("model", "")), f"study {study!r}", trust_code=trust_code)
             chosen = _trial(s, trial)
             tmp = stack.enter_context(tempfile.TemporaryDirectory())
             ticket_dir = search.fetch_ticket(s, chosen, store, Path(tmp) / "ticket")
-            t = load_ticket(ticket_dir)
-            cfg = s.user_attrs.get(search.CONFIG_ATTR) or {}
+            t = load_ticket(ticket_dir, trust_code=trust_code)
             profile = load_profile(cfg.get("target", DEFAULT_TARGET))
             dataset = str(cfg.get("dataset", t.meta.get("dataset", "digits")))
             found = {

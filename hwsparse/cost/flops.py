@@ -119,8 +119,20 @@ def _fvcore_analysis() -> Any:
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(fvcore|iopath)")
         from fvcore.nn import FlopCountAnalysis
-    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
     return FlopCountAnalysis
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Only errors from ``logger_name`` while the block runs; its level is restored after (a
+    library does not change its caller's logging)."""
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def architecture_key(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[Any, ...]:
@@ -205,7 +217,7 @@ def dense_flops(model: nn.Module, input_shape: tuple[int, ...]) -> _DenseCount:
         x = example_input(model, input_shape)
 
         def analyse() -> Any:
-            with torch.no_grad(), warnings.catch_warnings():
+            with torch.no_grad(), warnings.catch_warnings(), _quiet("fvcore.nn.jit_analysis"):
                 warnings.simplefilter("ignore", TracerWarning)
                 fca = (
                     analysis_cls(model, (x,))
