@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -216,11 +217,30 @@ def _silenced() -> Iterator[None]:
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            _native_stderr_muted(),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
         logging.disable(previous)
+
+
+@contextlib.contextmanager
+def _native_stderr_muted() -> Iterator[None]:
+    """Mute what native code writes to file descriptor 2 (absl, oneDNN and XNNPACK banners of
+    the LiteRT converter and interpreter); Python's own errors are raised, not printed."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _samples(x: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -399,8 +419,9 @@ class _TfliteRunner(_Runner):
 
         from ai_edge_litert.interpreter import Interpreter
 
-        self.it = Interpreter(model_path=str(path), num_threads=1)  # XNNPACK by default
-        self.it.allocate_tensors()
+        with _native_stderr_muted():
+            self.it = Interpreter(model_path=str(path), num_threads=1)  # XNNPACK by default
+            self.it.allocate_tensors()  # applies the delegate, which prints a banner
         self.inp = self.it.get_input_details()[0]
         self.out = self.it.get_output_details()[0]
         self.runtime = f"LiteRT (ai-edge-litert {version('ai-edge-litert')})"
