@@ -260,17 +260,32 @@ _CONDITIONS = {
 }
 
 
-def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
-    """Sample the space's params (conditional ones only where they matter) plus fixed values."""
+ParentDefault = Callable[[str, dict[str, Any], dict[str, Any]], Any]
+
+
+def suggest(
+    trial: optuna.Trial,
+    space: SearchSpace,
+    conditions: dict[str, tuple[str, Any]] | None = None,
+    parent_default: ParentDefault | None = None,
+) -> dict[str, Any]:
+    """Sample the space's params (conditional ones only where they matter) plus fixed values.
+
+    ``conditions`` maps a knob to (the knob it depends on, the value that makes it used);
+    ``parent_default(parent, values, params)`` is a parent's value when the space leaves it
+    unset. Both default to the device search's (``hwsparse tune`` passes its own).
+    """
+    conditions = _CONDITIONS if conditions is None else conditions
+    parent_default = parent_default or _default_parent
     values: dict[str, Any] = dict(space.fixed)
     params = {p.name: p for p in space.params}
     # parents first, so conditional knobs see their values
-    order = sorted(params, key=lambda n: (n in _CONDITIONS, list(params).index(n)))
+    order = sorted(params, key=lambda n: (n in conditions, list(params).index(n)))
     for name in order:
-        cond = _CONDITIONS.get(name)
+        cond = conditions.get(name)
         if cond is not None:
             parent, needed = cond
-            if values.get(parent, _default_parent(parent, values, params)) != needed:
+            if values.get(parent, parent_default(parent, values, params)) != needed:
                 continue
         p = params[name]
         if p.choices is not None:

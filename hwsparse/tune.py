@@ -135,27 +135,7 @@ def tune_space(space: SearchSpace, config: TuneConfig, epochs: int | None) -> Se
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     """Sample the space (conditional knobs only where they matter) plus its fixed values."""
-    values: dict[str, Any] = dict(space.fixed)
-    params = {p.name: p for p in space.params}
-    order = sorted(params, key=lambda n: (n in _CONDITIONS, list(params).index(n)))
-    for name in order:
-        cond = _CONDITIONS.get(name)
-        if cond is not None:
-            parent, needed = cond
-            if values.get(parent, _PARENT_DEFAULTS[parent]) != needed:
-                continue
-        p = params[name]
-        if p.choices is not None:
-            values[name] = trial.suggest_categorical(name, list(p.choices))
-        elif p.is_int:
-            assert p.low is not None and p.high is not None
-            values[name] = trial.suggest_int(
-                name, int(p.low), int(p.high), step=p.step or 1, log=p.log
-            )
-        else:
-            assert p.low is not None and p.high is not None
-            values[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
-    return values
+    return S.suggest(trial, space, _CONDITIONS, lambda parent, _v, _p: _PARENT_DEFAULTS[parent])
 
 
 def _used(values: dict[str, Any]) -> dict[str, Any]:

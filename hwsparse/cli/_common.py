@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hwsparse._json import dumps
 from hwsparse.errors import InputError
@@ -181,3 +182,18 @@ def set_threads(n: int | None) -> None:
 def live_progress(as_json: bool) -> bool:
     """Draw live progress bars only on a terminal (piped stderr gets plain lines instead)."""
     return not as_json and err.is_terminal
+
+
+def study_progress(live: bool, console: Console) -> Progress:
+    """The bars of a study (trials, and epochs of the running trial) on ``console`` (stderr);
+    drawn only when ``live``, and cleared at the end (a summary line replaces them)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[unit]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not live,
+        transient=True,
+    )

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import optuna
 import typer
 from optuna.trial import FrozenTrial, TrialState
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hwsparse import api, report, search
@@ -30,6 +29,7 @@ from hwsparse.cli._common import (
     out,
     print_json,
     set_threads,
+    study_progress,
     user_errors,
 )
 from hwsparse.cost.estimate import Budget
@@ -195,16 +195,7 @@ def search_cmd(
         )
         store = search.open_storage(storage, create=True)
         live = live_progress(as_json)
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[unit]}"),
-            TimeElapsedColumn(),
-            console=err,
-            disable=not live,
-            transient=True,  # the summary line below replaces the bars
-        )
+        progress = study_progress(live, err)
         with progress:
             task = progress.add_task(
                 f"study {study}", total=_planned(store, study, trials, more), unit="trials"

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 import optuna
 import typer
 from optuna.trial import FrozenTrial
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hwsparse import search, tune
@@ -27,6 +26,7 @@ from hwsparse.cli._common import (
     out,
     print_json,
     set_threads,
+    study_progress,
     user_errors,
 )
 from hwsparse.cli._search import StorageOpt, _interrupted, _planned
@@ -107,16 +107,7 @@ def tune_cmd(
             raise InputError(f"--out must be a .yaml file (got {out_file})")
         store = search.open_storage(storage, create=True)
         live = live_progress(as_json)
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[unit]}"),
-            TimeElapsedColumn(),
-            console=err,
-            disable=not live,
-            transient=True,
-        )
+        progress = study_progress(live, err)
         with progress:
             task = progress.add_task(
                 f"study {study}", total=_planned(store, study, trials, None), unit="trials"

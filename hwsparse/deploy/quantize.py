@@ -28,6 +28,7 @@ simulated accuracy with the real ``.tflite`` artifact's (tests/test_deploy.py).
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,25 @@ def _name(func: Any) -> str:
     return str(func.overloadpacket.__name__)
 
 
+def _tensors(tree: Any) -> list[Tensor]:
+    return [t for t in tree_flatten(tree)[0] if isinstance(t, Tensor)]
+
+
+class _Tagged:
+    """Tensors seen so far with a tag each, by identity (a freed tensor's id may be reused by a
+    new one, so membership also checks the object itself through a weak reference)."""
+
+    def __init__(self) -> None:
+        self._refs: dict[int, tuple[weakref.ref[Tensor], int]] = {}
+
+    def set(self, t: Tensor, tag: int) -> None:
+        self._refs[id(t)] = (weakref.ref(t), tag)
+
+    def get(self, t: Tensor) -> int | None:
+        entry = self._refs.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else None
+
+
 @dataclass
 class _Plan:
     """Per op (by its position in the forward pass): quantise its output, and with what range."""
@@ -98,8 +118,8 @@ class _Structure(TorchDispatchMode):  # type: ignore[no-untyped-call]
 
     def __init__(self, x: Tensor) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.source: dict[int, int] = {id(x): -1}  # tensor id -> producing op (views followed)
-        self.keep: list[Any] = [x]  # keep tensors alive so ids stay unique
+        self.source = _Tagged()  # tensor -> producing op (views followed; -1: the input)
+        self.source.set(x, -1)
         self.names: list[str] = []
         self.consumers: list[list[str]] = []
 
@@ -108,15 +128,13 @@ class _Structure(TorchDispatchMode):  # type: ignore[no-untyped-call]
     ) -> Any:
         out = func(*args, **(kwargs or {}))
         name = _name(func)
-        inputs = [t for t in tree_flatten((args, kwargs or {}))[0] if isinstance(t, Tensor)]
-        sources = [self.source[id(t)] for t in inputs if id(t) in self.source]
+        sources = [s for t in _tensors((args, kwargs)) if (s := self.source.get(t)) is not None]
         if not sources:
             return out  # weight preprocessing (a transpose of a Linear weight): no activation
-        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
+        outputs = _tensors(out)
         if name in _VIEWS:
             for t in outputs:
-                self.source[id(t)] = sources[0]
-            self.keep.extend(outputs)
+                self.source.set(t, sources[0])
             return out
         index = len(self.names)
         self.names.append(name)
@@ -125,8 +143,7 @@ class _Structure(TorchDispatchMode):  # type: ignore[no-untyped-call]
             if s >= 0:
                 self.consumers[s].append(name)
         if outputs:
-            self.source[id(outputs[0])] = index
-            self.keep.append(outputs[0])
+            self.source.set(outputs[0], index)
         return out
 
     def decisions(self) -> list[bool]:
@@ -149,10 +166,10 @@ class _Run(TorchDispatchMode):  # type: ignore[no-untyped-call]
         super().__init__()  # type: ignore[no-untyped-call]
         self.plan, self.dtype, self.observe = plan, dtype, observe
         self.index = 0
-        self.active: set[int] = set()
+        self.active = _Tagged()  # tensors computed from the input (the rest are weights)
 
     def start(self, x: Tensor) -> Tensor:
-        self.active = {id(x)}
+        self.active.set(x, 0)
         return x
 
     def __torch_dispatch__(
@@ -160,13 +177,11 @@ class _Run(TorchDispatchMode):  # type: ignore[no-untyped-call]
     ) -> Any:
         out = func(*args, **(kwargs or {}))
         name = _name(func)
-        inputs = [t for t in tree_flatten((args, kwargs or {}))[0] if isinstance(t, Tensor)]
-        if not any(id(t) in self.active for t in inputs):
+        if all(self.active.get(t) is None for t in _tensors((args, kwargs))):
             return out
         if name in _VIEWS:
-            for t in tree_flatten(out)[0]:
-                if isinstance(t, Tensor):
-                    self.active.add(id(t))
+            for t in _tensors(out):
+                self.active.set(t, 0)
             return out
         i = self.index
         self.index += 1
@@ -185,7 +200,7 @@ class _Run(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 q = _fake(first, self.plan.low[i], self.plan.high[i], self.dtype)
                 out = (q, *out[1:]) if isinstance(out, tuple) else q
                 first = q
-        self.active.add(id(first))
+        self.active.set(first, 0)
         return out
 
 
