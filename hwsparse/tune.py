@@ -35,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hwsparse import masks as M
 from hwsparse import search as S
+from hwsparse import storage as stores
 from hwsparse import train as T
 from hwsparse.cost.flops import count_flops
 from hwsparse.data import Dataset, load_dataset
@@ -207,7 +208,7 @@ class Objective:
         return build_model(self.config.model, self.data.input_shape, self.data.num_classes)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", S._worker_id())
+        trial.set_user_attr("worker", stores.worker_id())
         trial.set_user_attr("heartbeat", time.time())
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number)
@@ -287,7 +288,7 @@ def run(
 @dataclass
 class TuneOutcome:
     study: optuna.Study
-    storage: S.Storage
+    storage: stores.Storage
     config: TuneConfig
     answer: dict[str, Any] | None  # None when no trial completed
     retried: list[int]
@@ -329,7 +330,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 def run_tune(
     study_name: str,
-    storage: S.Storage,
+    storage: stores.Storage,
     config: TuneConfig,
     space: SearchSpace,
     *,
@@ -377,7 +378,7 @@ def run_tune(
         first = _in_space(space, default_params(space))
         if first:
             study.enqueue_trial(first, user_attrs={"default_regularizer": True})
-    retried = S.recover_interrupted(study)
+    retried = stores.recover_interrupted(study)
     to_run = max(0, trials - S.count_finished(study))
     study.sampler = optuna.samplers.TPESampler(
         seed=config.seed + len(study.trials), n_startup_trials=5

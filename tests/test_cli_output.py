@@ -21,6 +21,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from hwsparse import report, search
+from hwsparse import storage as stores
 from hwsparse.cli import _search as search_cli
 from hwsparse.cli import app
 from hwsparse.data import load_dataset
@@ -133,7 +134,7 @@ def test_trials_is_the_study_total_and_more_adds(tmp_path: Path) -> None:
 
 
 def test_count_finished_does_not_count_a_failed_trial_queued_again(tmp_path: Path) -> None:
-    storage = search.open_storage(tmp_path / "f.journal", create=True)
+    storage = stores.open_storage(tmp_path / "f.journal", create=True)
     s = optuna.create_study(study_name="f", storage=storage.backend)
     dist = {"x": FloatDistribution(0, 1)}
     s.add_trial(create_trial(params={"x": 0.1}, distributions=dist, value=1.0))
@@ -202,7 +203,7 @@ def test_show_labels_densities_lambda_ram_and_budget_flags(study: str) -> None:
 
 
 def test_skipped_trial_shows_not_trained(tmp_path: Path) -> None:
-    storage = search.open_storage(tmp_path / "s.journal", create=True)
+    storage = stores.open_storage(tmp_path / "s.journal", create=True)
     s = optuna.create_study(study_name="s", storage=storage.backend, direction="maximize")
     config = {"dataset": "digits", "model": "mlp", "target": "nrf52840",
               "objective": "budget", "budget": {"latency_ms": 1.0, "weight_kb": 16.0}}  # fmt: skip

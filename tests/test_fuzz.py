@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hwsparse import _journal, data, search
+from hwsparse import storage as stores
 from hwsparse.cost.profiles import PROFILE_DIR, load_profile
 from hwsparse.errors import InputError
 from hwsparse.models import build_model
@@ -355,7 +356,7 @@ def test_cifar_batches(tmp_path_factory: pytest.TempPathFactory, blob: Any) -> N
 @pytest.fixture(scope="module")
 def journal(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("valid") / "j.journal"
-    storage = search.open_storage(path, create=True)
+    storage = stores.open_storage(path, create=True)
     import optuna
 
     study = optuna.create_study(study_name="s", storage=storage.backend)
@@ -389,9 +390,9 @@ def test_journal_lines(
     def read() -> None:
         import optuna
 
-        storage = search.open_storage(path)
+        storage = stores.open_storage(path)
         for name in optuna.study.get_all_study_names(storage=storage.backend):
-            search.load_study(name, storage).get_trials()
+            stores.load_study(name, storage).get_trials()
 
     check(read)
     check(lambda: _journal.scan(path))

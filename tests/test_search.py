@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from hwsparse import search
+from hwsparse import storage as stores
 from hwsparse.cli import app
 from hwsparse.cost.estimate import Budget
 from hwsparse.errors import InputError
@@ -41,7 +42,7 @@ def _config(**kw: object) -> search.SearchConfig:
 def _run(tmp: Path, trials: int = 3, **kw: object) -> search.SearchOutcome:
     config = _config(**kw)
     space = search.apply_epochs(load_space("default"), 1)
-    storage = search.open_storage(tmp / "s.journal", create=True)
+    storage = stores.open_storage(tmp / "s.journal", create=True)
     return search.run_search("s", storage, config, space, trials=trials, device="cpu")
 
 
@@ -108,14 +109,14 @@ def test_pareto_mode(tmp_path: Path) -> None:
 def test_interrupted_trial_is_rerun_on_resume(tmp_path: Path) -> None:
     config = _config()
     space = search.apply_epochs(load_space("default"), 1)
-    storage = search.open_storage(tmp_path / "s.journal", create=True)
+    storage = stores.open_storage(tmp_path / "s.journal", create=True)
 
     def ctrl_c(info: object) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         search.run_search("s", storage, config, space, trials=2, device="cpu", on_epoch=ctrl_c)
-    study = search.load_study("s", storage)
+    study = stores.load_study("s", storage)
     (first,) = study.trials
     assert first.state == TrialState.FAIL and first.user_attrs["interrupted"]
     outcome = search.run_search("s", storage, config, space, trials=1, device="cpu")
@@ -126,7 +127,7 @@ def test_interrupted_trial_is_rerun_on_resume(tmp_path: Path) -> None:
 
 
 def test_trial_of_a_dead_worker_is_failed_and_requeued(tmp_path: Path) -> None:
-    storage = search.open_storage(tmp_path / "s.journal", create=True)
+    storage = stores.open_storage(tmp_path / "s.journal", create=True)
     study = optuna.create_study(study_name="x", storage=storage.backend)
     trial = study.ask()
     trial.suggest_float("density", 0.01, 0.5, log=True)
@@ -137,13 +138,13 @@ def test_trial_of_a_dead_worker_is_failed_and_requeued(tmp_path: Path) -> None:
     trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
     live = study.ask()  # this process's own running trial must be left alone
     live.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    assert search.recover_interrupted(study) == [trial.number]
+    assert stores.recover_interrupted(study) == [trial.number]
     states = {t.number: t.state for t in study.get_trials()}
     assert states[trial.number] == TrialState.FAIL
     assert states[live.number] == TrialState.RUNNING
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == trial.params
-    assert search.recover_interrupted(study) == []  # only once
+    assert stores.recover_interrupted(study) == []  # only once
 
 
 def test_killed_worker_loses_nothing(tmp_path: Path) -> None:
@@ -152,7 +153,7 @@ def test_killed_worker_loses_nothing(tmp_path: Path) -> None:
            "--target", "raspberry-pi-4", "--latency-ms", "10", "--model", "mlp",
            "--trials", "50", "--epochs", "3", "--device", "cpu", "--json"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    storage = search.open_storage(journal, create=True)
+    storage = stores.open_storage(journal, create=True)
     deadline = time.time() + 120
     complete = 0
     while time.time() < deadline and complete < 2:
@@ -169,7 +170,7 @@ def test_killed_worker_loses_nothing(tmp_path: Path) -> None:
     resume = ["--more" if a == "--trials" else "1" if a == "50" else a for a in cmd[3:]]
     r = runner.invoke(app, resume)
     assert r.exit_code == 0, r.stderr
-    after = optuna.load_study(study_name="k", storage=search.open_storage(journal).backend)
+    after = optuna.load_study(study_name="k", storage=stores.open_storage(journal).backend)
     done_after = {t.number for t in after.get_trials(states=(TrialState.COMPLETE,))}
     assert done_before <= done_after  # no finished trial lost
     assert not after.get_trials(states=(TrialState.RUNNING,))  # the killed one is not stuck
@@ -191,7 +192,7 @@ def test_two_workers_share_one_journal(tmp_path: Path) -> None:
     ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
-    study = optuna.load_study(study_name="w", storage=search.open_storage(journal).backend)
+    study = optuna.load_study(study_name="w", storage=stores.open_storage(journal).backend)
     states = [t.state for t in study.trials]
     assert len(states) == 5  # 1 + 2 x 2 trials, none lost or doubled
     assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}

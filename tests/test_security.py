@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from hwsparse import search
+from hwsparse import storage as stores
 from hwsparse.cli import app
 from hwsparse.cost.estimate import Budget
 from hwsparse.errors import InputError
@@ -135,7 +136,7 @@ def test_every_trial_failing_the_same_way_stops_the_study(tmp_path: Path) -> Non
     assert r.exit_code == 2, r.stdout
     assert "last 3 trials failed with the same error" in r.stderr
     assert "no layer left" in r.stderr
-    study = search.load_study("c", search.open_storage(journal))
+    study = stores.load_study("c", stores.open_storage(journal))
     assert len(study.trials) == 3  # stopped, not 30 pruned trials
     assert all(t.state == TrialState.PRUNED for t in study.trials)
     r = runner.invoke(app, ["show", "c", "--storage", str(journal), "--json"])
@@ -191,12 +192,13 @@ def test_plot_does_not_switch_the_matplotlib_backend(tmp_path: Path) -> None:
         import matplotlib
         matplotlib.use("svg")
         from hwsparse import report, search
+        from hwsparse import storage as stores
         from hwsparse.cost.estimate import Budget
         from hwsparse.space import load_space
         space = search.apply_epochs(load_space("default"), 1)
         cfg = search.SearchConfig(model="mlp", target="raspberry-pi-4",
                                   budget=Budget(latency_ms=10.0), space=space.as_dict())
-        st = search.open_storage({str(tmp_path / "p.journal")!r}, create=True)
+        st = stores.open_storage({str(tmp_path / "p.journal")!r}, create=True)
         out = search.run_search("p", st, cfg, space, trials=1, device="cpu")
         report.plot_study(out.study, {str(tmp_path / "p.png")!r})
         assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
@@ -216,21 +218,21 @@ def test_a_running_trial_whose_lock_is_free_is_recovered_though_its_pid_lives(
     import socket
 
     journal = tmp_path / "s.journal"
-    storage = search.open_storage(journal, create=True)
+    storage = stores.open_storage(journal, create=True)
     study = optuna.create_study(study_name="x", storage=storage.backend)
     # a worker in another PID namespace: its PID is this (live) process's, same hostname
     dead = study.ask()
     dead.suggest_float("density", 0.01, 0.5, log=True)
     dead.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     gone = "0" * 32  # its lock file is there, but nobody holds it: the process died
-    folder = search.workers_folder(journal)
+    folder = stores.workers_folder(journal)
     folder.mkdir()
     (folder / f"{gone}.lock").write_text("")
-    dead.set_user_attr(search.WORKER_LOCK_ATTR, gone)
+    dead.set_user_attr(stores.WORKER_LOCK_ATTR, gone)
     # a live worker in another process, holding its lock (whatever PID it claims)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from hwsparse import search; "
-         f"print(search.worker_lock({str(journal)!r}), flush=True); sys.stdin.read()"],
+        [sys.executable, "-c", "import sys; from hwsparse import storage as stores; "
+         f"print(stores.worker_lock({str(journal)!r}), flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV,
     )  # fmt: skip
     try:
@@ -239,8 +241,8 @@ def test_a_running_trial_whose_lock_is_free_is_recovered_though_its_pid_lives(
         alive = study.ask()
         alive.suggest_float("density", 0.01, 0.5, log=True)
         alive.set_user_attr("worker", "elsewhere:1")
-        alive.set_user_attr(search.WORKER_LOCK_ATTR, held)
-        assert search.recover_interrupted(study) == [dead.number]
+        alive.set_user_attr(stores.WORKER_LOCK_ATTR, held)
+        assert stores.recover_interrupted(study) == [dead.number]
         states = {t.number: t.state for t in study.get_trials()}
         assert states[dead.number] == TrialState.FAIL
         assert states[alive.number] == TrialState.RUNNING
@@ -248,7 +250,7 @@ def test_a_running_trial_whose_lock_is_free_is_recovered_though_its_pid_lives(
         assert (folder / f"{held}.lock").exists()
     finally:
         holder.communicate("", timeout=30)  # it exits: its lock goes with it
-    assert search.recover_interrupted(study) == [alive.number]
+    assert stores.recover_interrupted(study) == [alive.number]
     assert not (folder / f"{held}.lock").exists()
 
 
@@ -258,9 +260,9 @@ def test_trials_record_their_worker_lock(tmp_path: Path) -> None:
         model="mlp", target="raspberry-pi-4", budget=Budget(latency_ms=10.0),
         space=space.as_dict(),
     )  # fmt: skip
-    storage = search.open_storage(tmp_path / "s.journal", create=True)
+    storage = stores.open_storage(tmp_path / "s.journal", create=True)
     out = search.run_search("s", storage, config, space, trials=1, device="cpu")
     (trial,) = out.study.trials
-    lock_id = trial.user_attrs[search.WORKER_LOCK_ATTR]
+    lock_id = trial.user_attrs[stores.WORKER_LOCK_ATTR]
     assert (tmp_path / "s.workers" / f"{lock_id}.lock").exists()  # held by this process
-    assert not search.lock_is_free(tmp_path / "s.journal", lock_id)
+    assert not stores.lock_is_free(tmp_path / "s.journal", lock_id)

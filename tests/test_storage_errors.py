@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from hwsparse import _journal, search
+from hwsparse import storage as stores
 from hwsparse.cli import app
 from hwsparse.cost.estimate import Budget
 from hwsparse.errors import InputError
@@ -41,7 +42,7 @@ def _search(tmp: Path, journal: Path, trials: int = 2) -> None:
     config = search.SearchConfig(
         target="raspberry-pi-4", budget=Budget(latency_ms=10.0), space=space.as_dict()
     )
-    storage = search.open_storage(journal, create=True)
+    storage = stores.open_storage(journal, create=True)
     search.run_search("s", storage, config, space, trials=trials, device="cpu")
 
 
@@ -64,7 +65,7 @@ def _copy(journal: Path, to: Path, data: bytes | None = None) -> Path:
     return target
 
 
-def _state(storage: search.Storage) -> Any:
+def _state(storage: stores.Storage) -> Any:
     """Everything a user sees of a storage: studies, their attrs and trials."""
     rows = []
     for name in sorted(optuna.study.get_all_study_names(storage=storage.backend)):
@@ -101,11 +102,11 @@ def test_torn_tail_at_every_byte_is_ignored_by_readers_and_dropped_by_writers(
         whole = max(b for b in boundaries if b <= cut)  # what was complete before the tear
         if whole not in expected:
             path.write_bytes(data[:whole])
-            expected[whole] = _state(search.open_storage(path))
+            expected[whole] = _state(stores.open_storage(path))
         path.write_bytes(data[:cut])
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="hwsparse"):
-            assert _state(search.open_storage(path)) == expected[whole], cut  # reader
+            assert _state(stores.open_storage(path)) == expected[whole], cut  # reader
         assert path.read_bytes() == data[:cut], f"a reader changed the file (cut {cut})"
         warned = [r.getMessage() for r in caplog.records if r.name == "hwsparse"]
         if cut == whole:
@@ -115,7 +116,7 @@ def test_torn_tail_at_every_byte_is_ignored_by_readers_and_dropped_by_writers(
         assert "ignored it" in warned[0] and str(path) in warned[0]
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="hwsparse"):
-            assert _state(search.open_storage(path, create=True)) == expected[whole]  # writer
+            assert _state(stores.open_storage(path, create=True)) == expected[whole]  # writer
         assert path.read_bytes() == data[:whole], f"torn tail not dropped (cut {cut})"
         (warned,) = [r.getMessage() for r in caplog.records if r.name == "hwsparse"]
         assert "dropped it" in warned and f"{cut - whole} bytes" in warned
@@ -137,10 +138,10 @@ def test_damage_before_the_last_record_is_an_error_that_changes_nothing(
         path.write_bytes(damaged)
         for create in (False, True):
             if cut == line_start:  # cut between records: nothing is damaged
-                search.open_storage(path, create=create)
+                stores.open_storage(path, create=create)
                 continue
             with pytest.raises(InputError, match=f"damaged at byte {line_start} ") as exc:
-                search.open_storage(path, create=create)
+                stores.open_storage(path, create=create)
             assert "\n" not in str(exc.value)
             assert path.read_bytes() == damaged, f"damaged file modified (cut {cut})"
 
@@ -158,7 +159,7 @@ def test_cli_on_torn_and_damaged_journals(study_journal: Path, tmp_path: Path) -
     assert r.exit_code == 0, r.stderr
     assert "dropped it" in r.stderr
     assert _journal.scan(torn).torn == 0
-    names = optuna.study.get_all_study_names(search.open_storage(torn).backend)
+    names = optuna.study.get_all_study_names(stores.open_storage(torn).backend)
     assert sorted(names) == ["fresh", "s"]
     lines = data.splitlines(keepends=True)
     glued = lines[-4][:10] + lines[-3] + lines[-2] + lines[-1]
@@ -274,12 +275,12 @@ def test_full_disk_during_a_study_keeps_the_study_readable(small_disk: Path) -> 
     assert "cannot write" in errors[0] and "No space left on device" in errors[0]
     assert str(small_disk) in errors[0]
     assert _journal.scan(journal).torn == 0  # no partial record left behind
-    before = search.open_storage(journal)
-    done = {t.number for t in search.load_study("f", before).trials if t.state.is_finished()}
+    before = stores.open_storage(journal)
+    done = {t.number for t in stores.load_study("f", before).trials if t.state.is_finished()}
     _mount("-o", "remount,size=16m", str(small_disk))  # space again
     r = runner.invoke(app, [*args, "--more", "1", "--json"])
     assert r.exit_code == 0, r.stderr
-    study = search.load_study("f", search.open_storage(journal))
+    study = stores.load_study("f", stores.open_storage(journal))
     complete = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert complete and {n for n in done if n in complete} <= complete
     assert not study.get_trials(states=(TrialState.RUNNING,))
@@ -287,7 +288,7 @@ def test_full_disk_during_a_study_keeps_the_study_readable(small_disk: Path) -> 
 
 def test_journal_append_on_a_full_disk_leaves_no_partial_record(small_disk: Path) -> None:
     journal = small_disk / "a.journal"
-    storage = search.open_storage(journal, create=True)
+    storage = stores.open_storage(journal, create=True)
     study = optuna.create_study(study_name="a", storage=storage.backend)
     filler = small_disk / "filler"
     try:  # fill the disk up
@@ -304,7 +305,7 @@ def test_journal_append_on_a_full_disk_leaves_no_partial_record(small_disk: Path
     assert journal.read_bytes().startswith(before)
     assert _journal.scan(journal).torn == 0
     filler.unlink()
-    again = search.open_storage(journal, create=True)
+    again = stores.open_storage(journal, create=True)
     assert optuna.study.get_all_study_names(again.backend) == ["a"]
 
 
@@ -315,7 +316,7 @@ def _running_trial(journal: Path) -> bool:
     if not journal.exists():
         return False
     try:
-        storage = search.open_storage(journal)
+        storage = stores.open_storage(journal)
         if "i" not in optuna.study.get_all_study_names(storage.backend):
             return False
         study = optuna.load_study(study_name="i", storage=storage.backend)
@@ -352,7 +353,7 @@ def test_ctrl_c_in_search_is_one_line_and_resumable(tmp_path: Path) -> None:
     assert "was cut off and runs again first" in said
     assert said.endswith("resume with: python -m hwsparse " + " ".join(args))
     assert _journal.scan(journal).torn == 0
-    study = search.load_study("i", search.open_storage(journal))
+    study = stores.load_study("i", stores.open_storage(journal))
     (cut,) = [t for t in study.trials if t.user_attrs.get("interrupted")]
     assert f"trial {cut.number} was cut off" in said
     r = runner.invoke(app, [*args, "--json"])
@@ -373,7 +374,7 @@ def test_ctrl_c_in_other_commands_is_one_line() -> None:
 
 def test_runs_go_under_the_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert search.default_storage() == tmp_path / "runs" / "hwsparse.journal"
-    assert search.DEFAULT_STORAGE == tmp_path / "runs" / "hwsparse.journal"
+    assert stores.default_storage() == tmp_path / "runs" / "hwsparse.journal"
+    assert stores.DEFAULT_STORAGE == tmp_path / "runs" / "hwsparse.journal"
     r = runner.invoke(app, ["studies"])
     assert r.exit_code == 2 and str(tmp_path / "runs" / "hwsparse.journal") in r.stderr

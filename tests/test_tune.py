@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from hwsparse import search, tune
+from hwsparse import storage as stores
 from hwsparse.cli import app
 from hwsparse.errors import InputError
 from hwsparse.preset import load_preset, parse_preset
@@ -52,7 +53,7 @@ def test_json_answer_has_the_evidence(tuned: tuple[Path, dict]) -> None:  # type
     assert out["config"]["kind"] == "tune"
     assert out["n_complete"] >= 1
     study = optuna.load_study(
-        study_name="t", storage=search.open_storage(tmp / "s.journal").backend
+        study_name="t", storage=stores.open_storage(tmp / "s.journal").backend
     )
     assert study.trials[0].user_attrs.get("default_regularizer")  # trial 0: the default
     assert study.trials[0].params["penalty"] == "log"
@@ -80,7 +81,7 @@ def test_resume_show_studies(tuned: tuple[Path, dict]) -> None:  # type: ignore[
     assert r.exit_code == 2 and "tune" in r.stderr
     with pytest.raises(InputError, match="different density"):
         tune.check_resume(
-            search.load_study("t", search.open_storage(tmp / "s.journal")),
+            stores.load_study("t", stores.open_storage(tmp / "s.journal")),
             tune.TuneConfig(density=0.1, space=first["config"]["space"]),
         )
 
@@ -128,8 +129,8 @@ def test_search_with_preset_fixes_or_warm_starts(tuned: tuple[Path, dict]) -> No
           "--device", "cpu", "--preset", str(tmp / "p.yaml")]  # fmt: skip
     r = runner.invoke(app, ["search", "--study", "fixed", *st])
     assert r.exit_code == 0, r.stderr
-    store = search.open_storage(tmp / "d.journal")
-    s = search.load_study("fixed", store)
+    store = stores.open_storage(tmp / "d.journal")
+    s = stores.load_study("fixed", store)
     for t in s.trials:
         assert "penalty" not in t.params and "mask_lr" not in t.params  # fixed, not searched
         assert {"density", "granularity"} <= set(t.params)  # the budget decides these
@@ -137,11 +138,11 @@ def test_search_with_preset_fixes_or_warm_starts(tuned: tuple[Path, dict]) -> No
     assert fixed["penalty"] == p.regularizer["penalty"]
     r = runner.invoke(app, ["search", "--study", "warm", "--warm-start", *st])
     assert r.exit_code == 0, r.stderr
-    first = search.load_study("warm", store).trials[0]
+    first = stores.load_study("warm", store).trials[0]
     assert first.user_attrs.get("warm_start")
     if p.regularizer["penalty"] in ("log", "l1", "exp", "mcp"):  # in the default space
         assert first.params["penalty"] == p.regularizer["penalty"]
-    assert "penalty" in search.load_study("warm", store).trials[1].params  # searched after
+    assert "penalty" in stores.load_study("warm", store).trials[1].params  # searched after
 
 
 def test_preset_for_another_model_is_refused(tuned: tuple[Path, dict]) -> None:  # type: ignore[type-arg]

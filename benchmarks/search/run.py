@@ -27,6 +27,7 @@ import optuna
 import torch
 
 from hwsparse import search
+from hwsparse import storage as stores
 from hwsparse.cost.estimate import Budget
 from hwsparse.data import load_dataset
 from hwsparse.space import load_space, parse_space
@@ -64,7 +65,7 @@ def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Pa
         space = fixed_space(epochs, lr)
     config = search.SearchConfig(dataset=dataset, model=model, target=target, budget=budget,
                                  space=space.as_dict(), seed=seed)  # fmt: skip
-    storage = search.open_storage(tmp / f"{case}-{method}-{seed}.journal", create=True)
+    storage = stores.open_storage(tmp / f"{case}-{method}-{seed}.journal", create=True)
     name = "bench"
     sampler = "random" if method == "random" else "tpe"
     outcome = search.run_search(
@@ -82,7 +83,7 @@ def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Pa
             continue
         best = max(first, key=lambda t: t.user_attrs["val_accuracy"])
         with tempfile.TemporaryDirectory() as d:
-            ticket = load_ticket(search.fetch_ticket(study, best, storage, Path(d)))
+            ticket = load_ticket(stores.fetch_ticket(study, best, storage, Path(d)))
         with torch.no_grad():
             acc = float((ticket.model(data.x_test).argmax(1) == data.y_test).float().mean())
         row[f"test_at_{k}"] = acc

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from hwsparse import search, tune
+from hwsparse import storage as stores
+from hwsparse import tune
 from hwsparse.space import load_space
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +36,7 @@ def main() -> None:
     ap.add_argument("--storage", default=str(HERE / "results" / "tune.journal"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    store = search.open_storage(args.storage, create=True)
+    store = stores.open_storage(args.storage, create=True)
     for dataset in args.datasets.split(","):
         for density in (float(d) for d in args.densities.split(",")):
             config = tune.TuneConfig(dataset=dataset, model="mlp", density=density)

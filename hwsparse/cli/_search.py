@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
 from hwsparse import api, report, search
+from hwsparse import storage as stores
 from hwsparse import train as T
 from hwsparse.cli import app
 from hwsparse.cli._common import (
@@ -193,7 +194,7 @@ def search_cmd(
             space=sp.as_dict(),
             seed=seed,
         )
-        store = search.open_storage(storage, create=True)
+        store = stores.open_storage(storage, create=True)
         live = live_progress(as_json)
         progress = study_progress(live, err)
         with progress:
@@ -282,7 +283,7 @@ def search_cmd(
         f"{states.get('COMPLETE', 0)} complete, {states.get('PRUNED', 0)} pruned, "
         f"{info['n_feasible']} fit the budget. Latency is the target profile's estimate."
     )
-    flag = "" if store.url == str(search.default_storage()) else f" --storage {store.url}"
+    flag = "" if store.url == str(stores.default_storage()) else f" --storage {store.url}"
     out.print(
         f"inspect: hwsparse show {study}{flag}\n"
         f"picture: hwsparse plot {study}{flag} --out runs/{study}.png\n"
@@ -293,8 +294,8 @@ def search_cmd(
 
 def _interrupted(study: str, storage: str | None) -> str:
     """The line after Ctrl-C: what the study kept, what runs again, the command to resume."""
-    store = search.open_storage(storage)
-    state = search.interrupted_state(study, store)
+    store = stores.open_storage(storage)
+    state = stores.interrupted_state(study, store)
     if state is None:
         return f"study {study} had not started; to start it: {command_line()}"
     complete, cut = state
@@ -309,13 +310,13 @@ def _interrupted(study: str, storage: str | None) -> str:
     )
 
 
-def _planned(store: search.Storage, study: str, trials: int, more: int | None) -> int:
+def _planned(store: stores.Storage, study: str, trials: int, more: int | None) -> int:
     """Trials this call is about to run (for the progress bar; run_search decides)."""
     if more is not None:
         return more
     if study not in optuna.study.get_all_study_names(storage=store.backend):
         return trials
-    return max(0, trials - search.count_finished(search.load_study(study, store)))
+    return max(0, trials - search.count_finished(stores.load_study(study, store)))
 
 
 def _trial_line(t: FrozenTrial) -> str:
@@ -341,10 +342,10 @@ def _json_pick(row: dict[str, Any] | None) -> dict[str, Any] | None:
 def studies(storage: StorageOpt = None, as_json: AsJson = False) -> None:
     """List the studies in a storage."""
     with user_errors():
-        store = search.open_storage(storage)
+        store = stores.open_storage(storage)
         rows = []
         for s in optuna.study.get_all_study_summaries(storage=store.backend):
-            study = search.load_study(s.study_name, store)
+            study = stores.load_study(s.study_name, store)
             info = report.summary(study)
             cfg = info["config"] or {}
             picked = info["picked"]
@@ -384,8 +385,8 @@ def show(
 ) -> None:
     """One study: trials, Pareto front, the pick and its budget status."""
     with user_errors():
-        store = search.open_storage(storage)
-        s = search.load_study(study, store)
+        store = stores.open_storage(storage)
+        s = stores.load_study(study, store)
         info = report.summary(s)
     pruned = report.pruned_reasons(s)
     if as_json:
@@ -430,8 +431,8 @@ def plot(
             out_file = Path("runs") / f"{study}.png"
         if out_file.suffix.lower() != ".png":
             raise InputError(f"--out must be a .png file (got {out_file})")
-        store = search.open_storage(storage)
-        s = search.load_study(study, store)
+        store = stores.open_storage(storage)
+        s = stores.load_study(study, store)
         if not s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             raise InputError(f"study {study!r} has no completed trial to plot yet")
         path = report.plot_study(s, out_file)
@@ -497,13 +498,13 @@ def export(
             assert study is not None
             if target is not None:
                 raise InputError("--target is only for --ticket; a study exports for its own")
-            store = search.open_storage(storage)
-            s = search.load_study(study, store)
+            store = stores.open_storage(storage)
+            s = stores.load_study(study, store)
             cfg = s.user_attrs.get(search.CONFIG_ATTR) or {}
             require_trust(str(cfg.get("model", "")), f"study {study!r}", trust_code=trust_code)
             chosen = _trial(s, trial)
             tmp = stack.enter_context(tempfile.TemporaryDirectory())
-            ticket_dir = search.fetch_ticket(s, chosen, store, Path(tmp) / "ticket")
+            ticket_dir = stores.fetch_ticket(s, chosen, store, Path(tmp) / "ticket")
             t = load_ticket(ticket_dir, trust_code=trust_code)
             profile = load_profile(cfg.get("target", DEFAULT_TARGET))
             dataset = str(cfg.get("dataset", t.meta.get("dataset", "digits")))

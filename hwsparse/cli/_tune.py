@@ -11,8 +11,9 @@ import typer
 from optuna.trial import FrozenTrial
 from rich.table import Table
 
-from hwsparse import search, tune
+from hwsparse import storage as stores
 from hwsparse import train as T
+from hwsparse import tune
 from hwsparse.cli import app
 from hwsparse.cli._common import (
     AsJson,
@@ -105,7 +106,7 @@ def tune_cmd(
         config = tune.TuneConfig(**{**config.__dict__, "space": sp.as_dict()})
         if out_file is not None and out_file.suffix.lower() not in (".yaml", ".yml"):
             raise InputError(f"--out must be a .yaml file (got {out_file})")
-        store = search.open_storage(storage, create=True)
+        store = stores.open_storage(storage, create=True)
         live = live_progress(as_json)
         progress = study_progress(live, err)
         with progress:
