@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 from hwsparse import masks as M
 from hwsparse import train as T
 from hwsparse.cost.estimate import estimate
+from hwsparse.cost.flops import channel_liveness
 from hwsparse.data import Dataset, load_dataset
 from hwsparse.deploy.compact import compact, compaction, dead_channels, plain_copy, silence
 from hwsparse.models import build_model
@@ -123,6 +124,16 @@ def test_compacted_builtin_matches_masked_model_and_cost(name: str, granularity:
     dead = dead_channels(model, SHAPES[name], masks)
     assert dead.count() > 0  # there is something to remove
     check_exact_and_costed(model, SHAPES[name], masks)
+    # the cost model computes (latency) and stores (weight rows) exactly the output channels
+    # the compacted network keeps, coupled residual channels and classes included
+    kept = channel_liveness(plain_copy(model), SHAPES[name], masks).kept_outputs
+    small = compact(model, SHAPES[name], masks)
+    outs = [
+        m.weight.shape[0]
+        for m in small.modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
+    ]
+    assert sum(int(k.sum()) for k in kept.values()) == sum(outs)
 
 
 def test_silencing_matters_on_batchnorm_models() -> None:

@@ -203,10 +203,13 @@ def _live_elems(t: Tensor) -> int:
 
 
 class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
-    def __init__(self, weight_ptrs: set[int], stack: list[str]) -> None:
+    def __init__(
+        self, weight_ptrs: set[int], stack: list[str], kept: Mapping[str, Tensor]
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.weight_ptrs = weight_ptrs
         self.stack = stack
+        self.kept = kept
         self.ops: list[Op] = []
         self.ptr_to_sid: dict[int, int] = {}
         self.sizes: dict[int, tuple[int, int]] = {}
@@ -274,7 +277,8 @@ class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
             stride = max((int(v) for v in args[3]), default=1)
             dilation = max((int(v) for v in args[5]), default=1)
         if kind in COMPUTE_KINDS and isinstance(out, Tensor):
-            gemm = _gemm_counts(aten, kind, args, out)
+            module = self.stack[-1] if self.stack else ""
+            gemm = _gemm_counts(aten, kind, args, out, self.kept.get(module))
             macs, live_macs, kept, w_elems, live_w, c_out, live_c_out, groups, pixels = gemm
         self.ops.append(
             Op(
@@ -306,9 +310,14 @@ class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
 
 
 def _gemm_counts(
-    aten: str, kind: str, args: tuple[Any, ...], out: Tensor
+    aten: str, kind: str, args: tuple[Any, ...], out: Tensor, kept_out: Tensor | None = None
 ) -> tuple[int, int, int, int, int, int, int, int, int]:
-    """(macs, live_macs, kept, weight, live_weight, c_out, live_c_out, groups, pixels)."""
+    """(macs, live_macs, kept, weight, live_weight, c_out, live_c_out, groups, pixels).
+
+    ``kept_out``: output channels a compacted network still computes though they are dead
+    (:attr:`hwsparse.cost.flops.Liveness.kept_outputs`): counted as live outputs, so a dense
+    runtime is charged for them.
+    """
     if kind != "fc":
         x, w = args[0], args[1]
         groups = int(args[8]) if len(args) > 8 else 1
@@ -321,7 +330,10 @@ def _gemm_counts(
         k = int(w[0, 0].numel())
         spatial = int(out[0, 0].numel()) * int(out.shape[0])
         live_in = _live_channels(x).view(groups, 1, c_in_g)
-        live_out = _live_channels(out).view(groups, c_out // groups, 1)
+        live_out = _live_channels(out)
+        if kept_out is not None and kept_out.numel() == c_out:
+            live_out = live_out | kept_out.to(live_out.device)
+        live_out = live_out.view(groups, c_out // groups, 1)
         live_pairs = (live_out & live_in).reshape(c_out, c_in_g)
         kept = (w != 0).reshape(c_out, c_in_g, k) & live_pairs.unsqueeze(-1)
         return (
@@ -342,6 +354,8 @@ def _gemm_counts(
     m, kk, n = int(a.shape[-2]), int(a.shape[-1]), int(b.shape[-1])
     live_k = (a != 0).reshape(-1, kk).any(dim=0)
     live_n = (out != 0).reshape(-1, n).any(dim=0)
+    if kept_out is not None and kept_out.numel() == n:
+        live_n = live_n | kept_out.to(live_n.device)
     live_pairs = live_k.view(kk, 1) & live_n.view(1, n)
     kept = (b != 0).reshape(-1, kk, n).any(dim=0) & live_pairs
     return (
@@ -361,6 +375,7 @@ def trace(
     model: nn.Module,
     input_shape: tuple[int, ...],
     masks: Mapping[str, Tensor] | None = None,
+    kept_outputs: Mapping[str, Tensor] | None = None,
 ) -> Trace:
     """Run one batch-1 reachability forward pass and record every executed op.
 
@@ -368,6 +383,8 @@ def trace(
         model: a plain ``nn.Module``; run in eval mode, its training flag is restored.
         input_shape: one sample's shape, no batch dimension.
         masks: optional binary masks keyed by Conv/Linear names (weight-shaped).
+        kept_outputs: :attr:`hwsparse.cost.flops.Liveness.kept_outputs` for these masks: dead
+            output channels that compaction keeps are costed as computed.
 
     Raises:
         InputError: the model cannot run on ``input_shape`` or a mask does not fit.
@@ -406,7 +423,7 @@ def trace(
         state = _positive_state(model, checked)
         weight_ptrs = {t.untyped_storage().data_ptr() for t in state.values()}
         x = example_input(model, input_shape)
-        recorder = _Recorder(weight_ptrs, stack)
+        recorder = _Recorder(weight_ptrs, stack, kept_outputs or {})
         recorder.add_input(x)
 
         def run() -> Any:

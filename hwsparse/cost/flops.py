@@ -262,12 +262,18 @@ class Liveness:
             data; False is a *dead* channel (what a compacted network removes).
         live_norms: for every BatchNorm, a bool vector over its channels that is True where
             its input carries data.
+        kept_outputs: for every Conv/Linear, the output channels a compacted network still
+            computes: the live ones, plus dead ones that merge (a residual add, a
+            concatenation) into a tensor where the channel is live, and every output of the
+            network's last layer. Compaction can remove a channel only from a whole coupled
+            group, so the rest stay as zeros that a dense runtime still computes and stores.
     """
 
     live_inputs: Mapping[str, Tensor]
     live_fraction: Mapping[str, float]
     live_outputs: Mapping[str, Tensor] = field(default_factory=dict)
     live_norms: Mapping[str, Tensor] = field(default_factory=dict)
+    kept_outputs: Mapping[str, Tensor] = field(default_factory=dict)
 
 
 def check_masks(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
@@ -394,12 +400,101 @@ def channel_liveness(
         model.train(was_training)
         for h in handles:
             h.remove()
+    kept = _kept_outputs(model, input_shape, masks, live_inputs, live_outputs)
     return Liveness(
         live_inputs=live_inputs,
         live_fraction=live_fraction,
         live_outputs=live_outputs,
         live_norms=live_norms,
+        kept_outputs=kept,
     )
+
+
+def _kept_outputs(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    masks: Mapping[str, Tensor],
+    live_inputs: Mapping[str, Tensor],
+    live_outputs: Mapping[str, Tensor],
+) -> dict[str, Tensor]:
+    """:attr:`Liveness.kept_outputs`, by one backward pass through the reachability network.
+
+    Every Conv/Linear output gets a zero probe per channel; the sum of the live channels of
+    every Conv/Linear input (each input detached, so gradients stop at the next layer) and of
+    the network's output is differentiated. Every Conv/Linear output is set to 1 in this pass
+    so that every activation passes gradient: a probe's gradient is non-zero exactly where its
+    channel reaches a live consumer channel through the ops in between (adds, concatenations,
+    pooling, norms, activations), which is where compaction's dependency groups keep it.
+    """
+    probes: dict[str, Tensor] = {}
+    sources: list[Tensor] = []
+    handles = []
+
+    def consumer_pre(name: str) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
+        def hook(mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            x, live = args[0], live_inputs.get(name)
+            if live is not None and x.requires_grad:
+                shape = _channel_view(x, isinstance(mod, nn.Linear))
+                sources.append((x * live.to(x.dtype).view(shape)).sum())
+            return (x.detach(), *args[1:])
+
+        return hook
+
+    def probe(name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]:
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
+            shape = _channel_view(out, isinstance(mod, nn.Linear))
+            c = out.shape[-1] if isinstance(mod, nn.Linear) else out.shape[1]
+            shape = tuple(c if d == -1 else d for d in shape)
+            p = torch.zeros(shape, dtype=out.dtype, requires_grad=True)
+            probes[name] = p
+            return torch.ones_like(out) + p  # positive: every activation passes gradient
+
+        return hook
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, MASKABLE):
+            handles.append(mod.register_forward_pre_hook(consumer_pre(name)))
+            handles.append(mod.register_forward_hook(probe(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        state = _positive_state(model, masks)
+        x = example_input(model, input_shape)
+        with torch.enable_grad():
+            out = _run_forward(model, lambda: functional_call(model, state, (x,)), input_shape)
+            total = sum((t.sum() for t in _tensors(out)), start=torch.zeros(()))
+            total = total + sum(sources, start=torch.zeros(()))
+            used = [p for p in probes.values() if p.requires_grad]
+            grads = torch.autograd.grad(total, used, allow_unused=True) if used else ()
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    kept: dict[str, Tensor] = {}
+    by_probe = {id(p): g for p, g in zip(used, grads, strict=True)}
+    for name, p in probes.items():
+        g = by_probe.get(id(p))
+        reached = (
+            (g != 0).reshape(-1) if g is not None else torch.zeros(p.numel(), dtype=torch.bool)
+        )
+        live = live_outputs.get(name)
+        kept[name] = reached if live is None else (reached | live.reshape(-1))
+    return kept
+
+
+def _channel_view(t: Tensor, last: bool) -> tuple[int, ...]:
+    """Shape that broadcasts a per-channel vector over ``t`` (channels last for Linear)."""
+    return (*[1] * (t.dim() - 1), -1) if last else (1, -1, *[1] * (t.dim() - 2))
+
+
+def _tensors(out: Any) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _tensors(o)]
+    return []
 
 
 def kept_weights(mod: nn.Module, kept: Tensor | None, live_in: Tensor | None) -> Tensor:

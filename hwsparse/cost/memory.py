@@ -131,10 +131,9 @@ def _delta8_padding(keep: Tensor) -> int:
 def _compact(
     keep: Tensor, live_in: Tensor | None, mod: nn.Module, live_out: Tensor | None = None
 ) -> Tensor:
-    """Kept-weight matrix with dead output rows and dead input columns removed.
-
-    A row is dead when the liveness pass says its output carries nothing (``live_out`` False),
-    or, without that, when it keeps no weight on a live input.
+    """Kept-weight matrix with the output rows and input columns a compacted network drops
+    removed: rows where ``live_out`` is False (without it, rows that keep no weight on a live
+    input), columns of dead inputs.
     """
     rows = keep.reshape(keep.shape[0], -1)
     if live_in is not None and not isinstance(mod, nn.Linear):
@@ -146,8 +145,17 @@ def _compact(
     elif live_in is not None:
         rows = rows[:, live_in.to(keep.device)]
     if live_out is not None:
-        return rows[live_out.to(keep.device) & rows.any(dim=1)]
+        return rows[live_out.to(keep.device)]
     return rows[rows.any(dim=1)]
+
+
+def _kept_rows(liveness: Liveness | None, name: str) -> Tensor | None:
+    """The output rows a compacted network stores: its kept outputs (dead ones that a coupled
+    group keeps are stored as zero rows), else the live ones."""
+    if liveness is None:
+        return None
+    kept = liveness.kept_outputs.get(name)
+    return kept if kept is not None else liveness.live_outputs.get(name)
 
 
 def weight_storage(
@@ -164,7 +172,7 @@ def weight_storage(
         if not isinstance(mod, MASKABLE):
             continue
         live_in = liveness.live_inputs.get(name) if liveness is not None else None
-        live_out = liveness.live_outputs.get(name) if liveness is not None else None
+        live_out = _kept_rows(liveness, name)
         keep = kept_weights(mod, masks.get(name), live_in)
         compact = _compact(keep, live_in, mod, live_out)
         options = {fmt: format_bytes(compact, value_bytes, fmt) for fmt in formats}
