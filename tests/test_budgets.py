@@ -46,6 +46,13 @@ def test_every_profile_has_a_default_budget_the_default_models_can_meet() -> Non
             for name in ("linear", "mlp", "lenet5"):
                 model = build_model(name, shape, 10)
                 fl = floors(profile, model, shape, model_name=name)
+                if (profile.id, name, shape) == ("nrf52840", "lenet5", (1, 28, 28)):
+                    # the one exception: even one channel per conv (as compaction keeps at
+                    # least, rounded up to CMSIS-NN's 4) over 28x28 takes more than 1 ms at
+                    # 64 MHz; the refusal names that floor
+                    (message,) = below_floor(budget, fl)
+                    assert "smallest network lenet5 can be" in message, message
+                    continue
                 assert below_floor(budget, fl) == [], (profile.id, name, shape)
                 # every limit the default sets can be judged on this device
                 budget.values(estimate(model, shape, profile, smallest_masks(model)))

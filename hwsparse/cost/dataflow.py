@@ -204,12 +204,15 @@ def _live_elems(t: Tensor) -> int:
 
 class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def __init__(
-        self, weight_ptrs: set[int], stack: list[str], kept: Mapping[str, Tensor]
+        self,
+        weight_ptrs: set[int],
+        stack: list[str],
+        kept: tuple[Mapping[str, Tensor], Mapping[str, Tensor]],
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.weight_ptrs = weight_ptrs
         self.stack = stack
-        self.kept = kept
+        self.kept_out, self.kept_in = kept
         self.ops: list[Op] = []
         self.ptr_to_sid: dict[int, int] = {}
         self.sizes: dict[int, tuple[int, int]] = {}
@@ -278,7 +281,9 @@ class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
             dilation = max((int(v) for v in args[5]), default=1)
         if kind in COMPUTE_KINDS and isinstance(out, Tensor):
             module = self.stack[-1] if self.stack else ""
-            gemm = _gemm_counts(aten, kind, args, out, self.kept.get(module))
+            gemm = _gemm_counts(
+                aten, kind, args, out, self.kept_out.get(module), self.kept_in.get(module)
+            )
             macs, live_macs, kept, w_elems, live_w, c_out, live_c_out, groups, pixels = gemm
         self.ops.append(
             Op(
@@ -310,13 +315,18 @@ class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
 
 
 def _gemm_counts(
-    aten: str, kind: str, args: tuple[Any, ...], out: Tensor, kept_out: Tensor | None = None
+    aten: str,
+    kind: str,
+    args: tuple[Any, ...],
+    out: Tensor,
+    kept_out: Tensor | None = None,
+    kept_in: Tensor | None = None,
 ) -> tuple[int, int, int, int, int, int, int, int, int]:
     """(macs, live_macs, kept, weight, live_weight, c_out, live_c_out, groups, pixels).
 
-    ``kept_out``: output channels a compacted network still computes though they are dead
-    (:attr:`hwsparse.cost.flops.Liveness.kept_outputs`): counted as live outputs, so a dense
-    runtime is charged for them.
+    ``kept_out``/``kept_in``: output and input channels a compacted network still has though
+    they are dead (:attr:`hwsparse.cost.flops.Liveness.kept_outputs`, ``kept_inputs``): counted
+    as live, so a dense runtime is charged for them.
     """
     if kind != "fc":
         x, w = args[0], args[1]
@@ -329,7 +339,10 @@ def _gemm_counts(
         c_out, c_in_g = int(w.shape[0]), int(w.shape[1])
         k = int(w[0, 0].numel())
         spatial = int(out[0, 0].numel()) * int(out.shape[0])
-        live_in = _live_channels(x).view(groups, 1, c_in_g)
+        live_in = _live_channels(x)
+        if kept_in is not None and kept_in.numel() == live_in.numel():
+            live_in = live_in | kept_in.to(live_in.device)
+        live_in = live_in.view(groups, 1, c_in_g)
         live_out = _live_channels(out)
         if kept_out is not None and kept_out.numel() == c_out:
             live_out = live_out | kept_out.to(live_out.device)
@@ -353,6 +366,8 @@ def _gemm_counts(
     batch = int(a[..., 0, 0].numel())
     m, kk, n = int(a.shape[-2]), int(a.shape[-1]), int(b.shape[-1])
     live_k = (a != 0).reshape(-1, kk).any(dim=0)
+    if kept_in is not None and kept_in.numel() == kk:
+        live_k = live_k | kept_in.to(live_k.device)
     live_n = (out != 0).reshape(-1, n).any(dim=0)
     if kept_out is not None and kept_out.numel() == n:
         live_n = live_n | kept_out.to(live_n.device)
@@ -376,6 +391,7 @@ def trace(
     input_shape: tuple[int, ...],
     masks: Mapping[str, Tensor] | None = None,
     kept_outputs: Mapping[str, Tensor] | None = None,
+    kept_inputs: Mapping[str, Tensor] | None = None,
 ) -> Trace:
     """Run one batch-1 reachability forward pass and record every executed op.
 
@@ -383,8 +399,8 @@ def trace(
         model: a plain ``nn.Module``; run in eval mode, its training flag is restored.
         input_shape: one sample's shape, no batch dimension.
         masks: optional binary masks keyed by Conv/Linear names (weight-shaped).
-        kept_outputs: :attr:`hwsparse.cost.flops.Liveness.kept_outputs` for these masks: dead
-            output channels that compaction keeps are costed as computed.
+        kept_outputs, kept_inputs: :class:`hwsparse.cost.flops.Liveness`'s for these masks:
+            dead channels that compaction keeps are costed as computed.
 
     Raises:
         InputError: the model cannot run on ``input_shape`` or a mask does not fit.
@@ -423,7 +439,7 @@ def trace(
         state = _positive_state(model, checked)
         weight_ptrs = {t.untyped_storage().data_ptr() for t in state.values()}
         x = example_input(model, input_shape)
-        recorder = _Recorder(weight_ptrs, stack, kept_outputs or {})
+        recorder = _Recorder(weight_ptrs, stack, (kept_outputs or {}, kept_inputs or {}))
         recorder.add_input(x)
 
         def run() -> Any:

@@ -263,7 +263,13 @@ def _estimate(
     checked = check_masks(model, masks)
     liveness = channel_liveness(model, shape, checked) if checked else None
     flop_count = count_flops(model, shape, checked, liveness=liveness)
-    tr = trace(model, shape, checked, liveness.kept_outputs if liveness else None)
+    tr = trace(
+        model,
+        shape,
+        checked,
+        liveness.kept_outputs if liveness else None,
+        liveness.kept_inputs if liveness else None,
+    )
     memory = memory_cost(model, tr, checked, liveness, dt, eng.sparsity.weight_formats)
     latency = estimate_latency(tr, prof, eng.name, dt, checked)
     cap = prof.capacity

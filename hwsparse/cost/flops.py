@@ -267,6 +267,8 @@ class Liveness:
             concatenation) into a tensor where the channel is live, and every output of the
             network's last layer. Compaction can remove a channel only from a whole coupled
             group, so the rest stay as zeros that a dense runtime still computes and stores.
+        kept_inputs: for every Conv/Linear, the input channels of the compacted network: those
+            that carry data once every kept output (live or not) is computed.
     """
 
     live_inputs: Mapping[str, Tensor]
@@ -274,6 +276,7 @@ class Liveness:
     live_outputs: Mapping[str, Tensor] = field(default_factory=dict)
     live_norms: Mapping[str, Tensor] = field(default_factory=dict)
     kept_outputs: Mapping[str, Tensor] = field(default_factory=dict)
+    kept_inputs: Mapping[str, Tensor] = field(default_factory=dict)
 
 
 def check_masks(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
@@ -407,6 +410,7 @@ def channel_liveness(
         live_outputs=live_outputs,
         live_norms=live_norms,
         kept_outputs=kept,
+        kept_inputs=kept_inputs(model, input_shape, masks, kept),
     )
 
 
@@ -478,8 +482,64 @@ def _kept_outputs(
             (g != 0).reshape(-1) if g is not None else torch.zeros(p.numel(), dtype=torch.bool)
         )
         live = live_outputs.get(name)
-        kept[name] = reached if live is None else (reached | live.reshape(-1))
+        k = reached if live is None else (reached | live.reshape(-1))
+        if not bool(k.any()):
+            k = k.clone()
+            k[0] = True  # compaction keeps the lowest channel of a wholly dead layer
+        kept[name] = k
     return kept
+
+
+def kept_inputs(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    masks: Mapping[str, Tensor],
+    kept_outputs: Mapping[str, Tensor],
+) -> dict[str, Tensor]:
+    """:attr:`Liveness.kept_inputs`: the reachability pass again, with every kept output
+    channel of every Conv/Linear forced to carry data."""
+    inputs: dict[str, Tensor] = {}
+    handles = []
+
+    def pre(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            x, last = args[0], isinstance(mod, nn.Linear)
+            live = (
+                (x != 0).reshape(-1, x.shape[-1]).any(dim=0)
+                if last
+                else ((x != 0).transpose(0, 1).reshape(x.shape[1], -1).any(dim=1))
+            )
+            prev = inputs.get(name)
+            inputs[name] = live if prev is None else (prev | live)
+
+        return hook
+
+    def force(name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]:
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
+            kept = kept_outputs.get(name)
+            if kept is None:
+                return out
+            shape = _channel_view(out, isinstance(mod, nn.Linear))
+            return ((out != 0) | kept.view(shape)).to(out.dtype)
+
+        return hook
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, MASKABLE):
+            handles.append(mod.register_forward_pre_hook(pre(name)))
+            handles.append(mod.register_forward_hook(force(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        state = _positive_state(model, masks)
+        x = example_input(model, input_shape)
+        with torch.no_grad():
+            _run_forward(model, lambda: functional_call(model, state, (x,)), input_shape)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return inputs
 
 
 def _channel_view(t: Tensor, last: bool) -> tuple[int, ...]:

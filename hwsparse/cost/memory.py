@@ -174,7 +174,8 @@ def weight_storage(
         live_in = liveness.live_inputs.get(name) if liveness is not None else None
         live_out = _kept_rows(liveness, name)
         keep = kept_weights(mod, masks.get(name), live_in)
-        compact = _compact(keep, live_in, mod, live_out)
+        cols = liveness.kept_inputs.get(name, live_in) if liveness is not None else None
+        compact = _compact(keep, cols, mod, live_out)
         options = {fmt: format_bytes(compact, value_bytes, fmt) for fmt in formats}
         best = min(options, key=lambda f: (options[f], WEIGHT_FORMATS.index(f)))
         rows.append(
