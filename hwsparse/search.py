@@ -287,12 +287,16 @@ class Objective:
             trial.set_user_attr("message", result.message)
             return self._failed()
         t0 = time.perf_counter()
-        report = estimate(result.model, self.data.input_shape, self.profile, result.masks)
+        # The cut already costed these masks (a cost depends on the masks, not the weights);
+        # a candidate it skipped is costed here.
+        report = cutter.report or estimate(
+            result.model, self.data.input_shape, self.profile, result.masks
+        )
+        violations = self.config.budget.violations(report)
+        cost_s = time.perf_counter() - t0 + cutter.cut.seconds
         # Scored as it will run: the (exactly compactable) ticket at the target's precision.
         deployed = simulate(result.model, self.dtype, self.calibration)
         val_accuracy = accuracy(deployed, self.data.x_val.cpu(), self.data.y_val.cpu())
-        violations = self.config.budget.violations(report)
-        cost_s = time.perf_counter() - t0 + cutter.cut.seconds
         for key, value in violations.items():
             trial.set_constraint(key, value)
         fits = all(v <= 0 for v in violations.values()) and result.status == "ok"
@@ -483,17 +487,22 @@ def count_finished(study: optuna.Study) -> int:
 
 def check_resume(study: optuna.Study, config: SearchConfig) -> None:
     """A resumed study must have the same dataset, model, target, budget, objective, space."""
+    check_stored_config(study, config.to_dict(), "search")
+
+
+def check_stored_config(study: optuna.Study, now: dict[str, Any], kind: str) -> None:
+    """A resumed study must be a ``hwsparse KIND`` study whose stored config equals ``now``."""
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is None:
         raise InputError(
-            f"study {study.study_name!r} was not made by hwsparse search; use another --study"
+            f"study {study.study_name!r} was not made by hwsparse {kind}; use another --study"
         )
-    if stored.get("kind", "search") != "search":  # e.g. a `hwsparse tune` study
+    made = stored.get("kind", "search")
+    if made != kind:
         raise InputError(
-            f"study {study.study_name!r} is a `hwsparse {stored.get('kind')}` study, not a "
-            "search; use another --study"
+            f"study {study.study_name!r} is a `hwsparse {made}` study, not hwsparse {kind}; "
+            "use another --study"
         )
-    now = config.to_dict()
     diff = [k for k in now if stored.get(k) != now[k]]
     if diff:
         k = diff[0]

@@ -429,10 +429,9 @@ class _PenaltyTerm:
     whatever the dataset (our *choice*, ``--strength auto``; a fixed lambda is the paper's).
     """
 
-    _RATE = 0.02  # log-lambda change per step at a relative density error of 1 (clipped)
-    _RATE_DOWN = 0.2  # faster when below: concave pulls collapse entries with momentum
+    # The controller's ramp and rate are TicketConfig.auto_ramp / auto_rate.
+    _DOWN = 10.0  # 10x faster when below: concave pulls collapse entries with momentum
     _HEADROOM = 1.1  # aim a little above the target: top-k then trims to it exactly
-    _RAMP = 0.6  # share of the search phase over which the density path reaches the target
 
     def __init__(
         self, relaxed: dict[str, M.RelaxedMask], ticket: TicketConfig, target: float | None
@@ -443,9 +442,7 @@ class _PenaltyTerm:
         self.lam = ticket.strength
         self.threshold = ticket.threshold
         self.target = None if target is None else target * self._HEADROOM
-        self.ramp = ticket.auto_ramp  # (defaults: _RAMP, _RATE; _RATE_DOWN = 10 x the rate)
-        self.rate_up = ticket.auto_rate
-        self.rate_down = ticket.auto_rate * (self._RATE_DOWN / self._RATE)
+        self.ramp, self.rate = ticket.auto_ramp, ticket.auto_rate
 
     @torch.no_grad()
     def value(self) -> float:
@@ -472,12 +469,12 @@ class _PenaltyTerm:
 
     def after_step(self, progress: float) -> None:
         """Dual ascent towards a density path that falls geometrically from 1 to the target
-        over the first ``_RAMP`` of the search phase and then holds it."""
+        over the first ``auto_ramp`` of the search phase and then holds it."""
         if self.target is None:
             return
         goal = self.target ** min(1.0, progress / self.ramp)
         error = (M.soft_density(self.relaxed, self.threshold) - goal) / goal
-        rate = self.rate_up if error > 0 else self.rate_down
+        rate = self.rate if error > 0 else self.rate * self._DOWN
         self.lam *= math.exp(rate * max(-1.0, min(1.0, error)))
 
 

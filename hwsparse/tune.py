@@ -298,22 +298,7 @@ class TuneOutcome:
 
 def check_resume(study: optuna.Study, config: TuneConfig) -> None:
     """A resumed tune study must be a tune study with the same dataset, model, density, ..."""
-    stored = study.user_attrs.get(S.CONFIG_ATTR)
-    if stored is None or stored.get("kind", "search") != KIND:
-        made = "hwsparse search" if stored is not None else "something else"
-        raise InputError(
-            f"study {study.study_name!r} was made by {made}, not hwsparse tune; "
-            "use another --study"
-        )
-    now = config.to_dict()
-    diff = [k for k in now if stored.get(k) != now[k]]
-    if diff:
-        k = diff[0]
-        raise InputError(
-            f"study {study.study_name!r} exists with a different {k}: stored "
-            f"{stored.get(k)!r}, asked {now[k]!r}; resume with the same options or use a new "
-            "--study"
-        )
+    S.check_stored_config(study, config.to_dict(), KIND)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:

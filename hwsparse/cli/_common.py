@@ -184,16 +184,57 @@ def live_progress(as_json: bool) -> bool:
     return not as_json and err.is_terminal
 
 
-def study_progress(live: bool, console: Console) -> Progress:
-    """The bars of a study (trials, and epochs of the running trial) on ``console`` (stderr);
-    drawn only when ``live``, and cleared at the end (a summary line replaces them)."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[unit]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not live,
-        transient=True,
-    )
+class StudyBars:
+    """A study's progress on ``console`` (stderr): live bars for the trials and for the epochs
+    of the running trial, drawn only when ``live`` and cleared at the end (a summary line
+    replaces them); without a terminal, one plain line per finished trial or stage instead
+    (nothing with ``--json``)."""
+
+    def __init__(
+        self, title: str, planned: int | None, live: bool, as_json: bool, console: Console
+    ) -> None:
+        self.console, self.log = console, not live and not as_json
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not live,
+            transient=True,
+        )
+        self.trials = self.progress.add_task(title, total=planned, unit="trials")
+        self.epochs = self.progress.add_task(
+            "waiting for the first epoch", total=None, unit="epochs"
+        )
+        self.current = ""  # what is training now ("trial 3", or a stage)
+
+    def __enter__(self) -> StudyBars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def start(self, what: str) -> None:
+        self.current = what
+        self.progress.update(self.epochs, description=f"{what}: starting", completed=0)
+
+    def epoch(self, phase: str, epoch: int, epochs: int, val_accuracy: float) -> None:
+        self.progress.update(
+            self.epochs,
+            description=f"{self.current}: {phase} epoch {epoch}/{epochs}, "
+            f"val {100 * val_accuracy:.1f} %",
+            completed=epoch,
+            total=epochs,
+        )
+
+    def finished(self, number: int, what: str) -> None:
+        self.progress.update(self.trials, advance=1, description=f"trial {number}: {what}")
+        self.line(f"trial {number}: {what}")
+
+    def line(self, text: str) -> None:
+        """A plain line for a log (no terminal); nothing when live or with --json."""
+        if self.log:
+            self.console.print(text, highlight=False)

@@ -22,6 +22,7 @@ from hwsparse.cli._common import (
     Dataset,
     Device,
     Model,
+    StudyBars,
     Threads,
     TrustCode,
     command_line,
@@ -30,7 +31,6 @@ from hwsparse.cli._common import (
     out,
     print_json,
     set_threads,
-    study_progress,
     user_errors,
 )
 from hwsparse.cost.estimate import Budget
@@ -195,39 +195,25 @@ def search_cmd(
             seed=seed,
         )
         store = stores.open_storage(storage, create=True)
-        live = live_progress(as_json)
-        progress = study_progress(live, err)
-        with progress:
-            task = progress.add_task(
-                f"study {study}", total=_planned(store, study, trials, more), unit="trials"
-            )
-            epochs = progress.add_task("waiting for the first epoch", total=None, unit="epochs")
-            current: list[int | None] = [None]  # the trial that is training now
+        planned = _planned(store, study, trials, more)
+        with StudyBars(f"study {study}", planned, live_progress(as_json), as_json, err) as bars:
+            started = [False]
 
             def on_trial_start(number: int) -> None:
-                if current[0] is None:  # said once the inputs are checked and trials start
+                if not started[0]:  # said once the inputs are checked and trials start
+                    started[0] = True
                     err.print(
                         f"budget: {_budget_text(budget)} on {tgt}; from {budget_source}",
                         highlight=False,
                         soft_wrap=True,
                     )
-                progress.update(epochs, description=f"trial {number}: starting", completed=0)
-                current[0] = number
+                bars.start(f"trial {number}")
 
             def on_epoch(info: T.EpochInfo) -> None:
-                progress.update(
-                    epochs,
-                    description=f"trial {current[0]}: {info.phase} epoch {info.epoch}/"
-                    f"{info.epochs}, val {100 * info.val_accuracy:.1f} %",
-                    completed=info.epoch,
-                    total=info.epochs,
-                )
+                bars.epoch(info.phase, info.epoch, info.epochs, info.val_accuracy)
 
             def on_trial(s: optuna.Study, t: FrozenTrial) -> None:
-                what = _trial_line(t)
-                progress.update(task, advance=1, description=f"trial {t.number}: {what}")
-                if not live and not as_json:  # a log: one plain line per trial
-                    err.print(f"trial {t.number}: {what}", highlight=False)
+                bars.finished(t.number, _trial_line(t))
 
             outcome = search.run_search(
                 study,

@@ -21,13 +21,13 @@ from hwsparse.cli._common import (
     Dataset,
     Device,
     Model,
+    StudyBars,
     Threads,
     err,
     live_progress,
     out,
     print_json,
     set_threads,
-    study_progress,
     user_errors,
 )
 from hwsparse.cli._search import StorageOpt, _interrupted, _planned
@@ -107,39 +107,24 @@ def tune_cmd(
         if out_file is not None and out_file.suffix.lower() not in (".yaml", ".yml"):
             raise InputError(f"--out must be a .yaml file (got {out_file})")
         store = stores.open_storage(storage, create=True)
-        live = live_progress(as_json)
-        progress = study_progress(live, err)
-        with progress:
-            task = progress.add_task(
-                f"study {study}", total=_planned(store, study, trials, None), unit="trials"
-            )
-            ep = progress.add_task("waiting for the first epoch", total=None, unit="epochs")
-            current: list[str] = [""]
+        planned = _planned(store, study, trials, None)
+        with StudyBars(f"study {study}", planned, live_progress(as_json), as_json, err) as bars:
 
             def on_trial_start(number: int) -> None:
-                current[0] = f"trial {number}"
-                progress.update(ep, description=f"trial {number}: starting", completed=0)
+                bars.start(f"trial {number}")
 
             def on_epoch(info: T.EpochInfo) -> None:
-                progress.update(
-                    ep,
-                    description=f"{current[0]}: {info.phase} epoch {info.epoch}/{info.epochs}, "
-                    f"val {100 * info.val_accuracy:.1f} %",
-                    completed=info.epoch,
-                    total=info.epochs,
-                )
+                bars.epoch(info.phase, info.epoch, info.epochs, info.val_accuracy)
 
             def on_trial(s: optuna.Study, t: FrozenTrial) -> None:
                 acc = t.user_attrs.get("val_accuracy")
-                what = t.state.name.lower() if acc is None else f"val {100 * acc:.1f} %"
-                progress.update(task, advance=1, description=f"trial {t.number}: {what}")
-                if not live and not as_json:
-                    err.print(f"trial {t.number}: {what}", highlight=False)
+                bars.finished(
+                    t.number, t.state.name.lower() if acc is None else f"val {100 * acc:.1f} %"
+                )
 
             def on_stage(what: str, total: int) -> None:
-                current[0] = what
-                if not live and not as_json:
-                    err.print(f"evidence: {what}", highlight=False)
+                bars.current = what
+                bars.line(f"evidence: {what}")
 
             outcome = tune.run_tune(
                 study,

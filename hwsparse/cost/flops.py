@@ -349,13 +349,7 @@ def channel_liveness(
     handles = []
 
     def per_channel(into: dict[str, Tensor], name: str, x: Tensor, last: bool) -> None:
-        # channel axis: the last one for Linear, 1 for conv / batch-norm (N, C, ...) tensors
-        if last:
-            live = (x != 0).reshape(-1, x.shape[-1]).any(dim=0)
-        else:
-            live = (x != 0).transpose(0, 1).reshape(x.shape[1], -1).any(dim=1)
-        prev = into.get(name)
-        into[name] = live if prev is None else (prev | live)
+        _accumulate(into, name, _live_per_channel(x, last))
 
     def conv_pre(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
@@ -392,17 +386,7 @@ def channel_liveness(
             handles.append(mod.register_forward_pre_hook(other_pre(name)))
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
             handles.append(mod.register_forward_pre_hook(norm_pre(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        state = _positive_state(model, masks)
-        x = example_input(model, input_shape)
-        with torch.no_grad():
-            _run_forward(model, lambda: functional_call(model, state, (x,)), input_shape)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    _reachability_pass(model, input_shape, masks, handles)
     kept = _kept_outputs(model, input_shape, masks, live_inputs, live_outputs)
     return Liveness(
         live_inputs=live_inputs,
@@ -459,21 +443,12 @@ def _kept_outputs(
         if isinstance(mod, MASKABLE):
             handles.append(mod.register_forward_pre_hook(consumer_pre(name)))
             handles.append(mod.register_forward_hook(probe(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        state = _positive_state(model, masks)
-        x = example_input(model, input_shape)
-        with torch.enable_grad():
-            out = _run_forward(model, lambda: functional_call(model, state, (x,)), input_shape)
-            total = sum((t.sum() for t in _tensors(out)), start=torch.zeros(()))
-            total = total + sum(sources, start=torch.zeros(()))
-            used = [p for p in probes.values() if p.requires_grad]
-            grads = torch.autograd.grad(total, used, allow_unused=True) if used else ()
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    out = _reachability_pass(model, input_shape, masks, handles, grad=True)
+    with torch.enable_grad():  # the caller may be under no_grad
+        total = sum((t.sum() for t in _tensors(out)), start=torch.zeros(()))
+        total = total + sum(sources, start=torch.zeros(()))
+        used = [p for p in probes.values() if p.requires_grad]
+        grads = torch.autograd.grad(total, used, allow_unused=True) if used else ()
     kept: dict[str, Tensor] = {}
     by_probe = {id(p): g for p, g in zip(used, grads, strict=True)}
     for name, p in probes.items():
@@ -503,14 +478,7 @@ def kept_inputs(
 
     def pre(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-            x, last = args[0], isinstance(mod, nn.Linear)
-            live = (
-                (x != 0).reshape(-1, x.shape[-1]).any(dim=0)
-                if last
-                else ((x != 0).transpose(0, 1).reshape(x.shape[1], -1).any(dim=1))
-            )
-            prev = inputs.get(name)
-            inputs[name] = live if prev is None else (prev | live)
+            _accumulate(inputs, name, _live_per_channel(args[0], isinstance(mod, nn.Linear)))
 
         return hook
 
@@ -528,18 +496,42 @@ def kept_inputs(
         if isinstance(mod, MASKABLE):
             handles.append(mod.register_forward_pre_hook(pre(name)))
             handles.append(mod.register_forward_hook(force(name)))
+    _reachability_pass(model, input_shape, masks, handles)
+    return inputs
+
+
+def _reachability_pass(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    masks: Mapping[str, Tensor],
+    handles: list[Any],
+    grad: bool = False,
+) -> Any:
+    """Run the reachability network (module docstring) once in eval mode with the hooks of
+    ``handles`` installed; they are removed and the training flag restored afterwards."""
     was_training = model.training
     model.eval()
     try:
         state = _positive_state(model, masks)
         x = example_input(model, input_shape)
-        with torch.no_grad():
-            _run_forward(model, lambda: functional_call(model, state, (x,)), input_shape)
+        with torch.set_grad_enabled(grad):
+            return _run_forward(model, lambda: functional_call(model, state, (x,)), input_shape)
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return inputs
+
+
+def _live_per_channel(x: Tensor, last: bool) -> Tensor:
+    """Bool per channel: carries data anywhere (channels last for Linear, else axis 1)."""
+    if last:
+        return (x != 0).reshape(-1, x.shape[-1]).any(dim=0)
+    return (x != 0).transpose(0, 1).reshape(x.shape[1], -1).any(dim=1)
+
+
+def _accumulate(into: dict[str, Tensor], name: str, live: Tensor) -> None:
+    prev = into.get(name)
+    into[name] = live if prev is None else (prev | live)
 
 
 def _channel_view(t: Tensor, last: bool) -> tuple[int, ...]:
