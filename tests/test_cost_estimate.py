@@ -49,7 +49,7 @@ def test_latency_memory_bound_linear_by_hand() -> None:
     est = estimate_latency(trace(nn.Linear(1000, 1000), (1000,)), TOY)
     assert est.latency_ms == pytest.approx((1 + 400.8 + 10 + 5) / 1e3)
     gemm = [op for op in est.ops if op.kind == "fc"][0]
-    assert gemm.bound == "memory" and gemm.compute_us == pytest.approx(40.0)
+    assert gemm.bound == "weights" and gemm.compute_us == pytest.approx(40.0)
     assert est.latency_ms_low == pytest.approx(est.latency_ms / 1.2)
     assert est.latency_ms_high == pytest.approx(est.latency_ms * 1.2)
 

@@ -60,7 +60,7 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 from hwsparse.cost.dataflow import COMPUTE_KINDS, Trace, trace
-from hwsparse.cost.latency import OpLatency, _op_latency
+from hwsparse.cost.latency import OpLatency, engine_params, op_latencies, trace_terms
 from hwsparse.cost.profiles import (
     ArtifactFormat,
     Capacity,
@@ -314,7 +314,9 @@ def _compute_benches(quick: bool, seed: int) -> list[_Bench]:
 def _predict(tr: Trace, profile: DeviceProfile) -> list[OpLatency]:
     notes: set[str] = set()
     eng = profile.engines[0]
-    return [_op_latency(op, profile, eng, eng.dtype, {}, {}, notes) for op in tr.ops]
+    terms, weight_bytes = trace_terms(tr, profile, eng, eng.dtype, {}, notes)
+    params = engine_params(eng, {t.cls for t in terms if not t.free}, notes)
+    return op_latencies(terms, params, weight_bytes)
 
 
 FIT_CLASSES = (*COMPUTE_KINDS, "im2col")

@@ -43,6 +43,7 @@ WeightFormat = Literal["dense", "bitmask", "csr16", "csr8"]
 FusableOp = Literal["batch_norm", "activation", "add"]
 ComputeClass = Literal["conv", "pointwise", "depthwise", "fc"]
 ConvDispatch = Literal["uniform", "pytorch_cpu"]
+ConvAlgorithm = Literal["winograd_3x3s1"]
 ArtifactFormat = Literal["onnx", "tflite"]
 
 
@@ -81,6 +82,14 @@ class Efficiency:
         batch_norm, activation, add, elementwise, pool: memory-bound passes (unless fused).
         im2col: convolutions that the engine's ``conv_dispatch`` rule sends to an im2col + GEMM
             fallback kernel (optional; only read when the rule routes an op there).
+        grouped: grouped convolutions that are not depthwise (1 < groups < channels), a
+            fraction of peak on the nominal MACs (optional; null: costed as ``conv``).
+        winograd: 3 x 3 stride-1 convolutions that the engine's ``conv_algorithms`` rule sends
+            to a Winograd kernel, a fraction of peak on the *nominal* MACs (so above the
+            ``conv`` value when the transform saves multiplies; optional; null: ``conv``).
+        depthwise_bytes: the fraction of the memory level's bandwidth that depthwise layers
+            reach (their byte-based, memory-bound term; optional; null: 1, i.e. only the
+            compute term and the plain bytes / bandwidth bound).
     """
 
     conv: float | None
@@ -93,6 +102,9 @@ class Efficiency:
     elementwise: float | None
     pool: float | None
     im2col: float | None = None
+    grouped: float | None = None
+    winograd: float | None = None
+    depthwise_bytes: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,8 @@ class KernelOverhead:
     pool: float | None
     view: float | None
     im2col: float | None = None
+    grouped: float | None = None
+    winograd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +198,43 @@ class SmallLayer:
 
 
 @dataclass(frozen=True)
+class WeightCache:
+    """On-chip memory that holds the weights between inferences (an accelerator's SRAM).
+
+    The first ``usable_bytes`` of the model's weights are read from memory level ``level``;
+    the rest stream from the next (slower) level on every inference.
+
+    Attributes:
+        level: name of the memory level that caches weights (not the last level).
+        usable_bytes: how much of it holds weights (fitted: compilers keep part of the SRAM
+            for activations and instructions).
+        source: where the numbers come from.
+    """
+
+    level: str
+    usable_bytes: int
+    source: str
+
+
+@dataclass(frozen=True)
+class CpuFallback:
+    """Ops the runtime cannot run on the accelerator: they run on another engine of the
+    profile and their activations cross the link to it and back.
+
+    Attributes:
+        ops: op kinds (``pool``, ``elementwise``...) or ATen op names (``avg_pool3d``).
+        engine: name of the engine of this profile that runs them (typically the host CPU).
+        link_gbps: bandwidth of the link the activations cross, 10^9 bytes/s.
+        source: where the op list comes from (the runtime's supported-op list).
+    """
+
+    ops: tuple[str, ...]
+    engine: str
+    link_gbps: float
+    source: str
+
+
+@dataclass(frozen=True)
 class Engine:
     """A compute unit plus the runtime configuration that runs the network on it.
 
@@ -216,6 +267,13 @@ class Engine:
             aten/src/ATen/native/Convolution.cpp) sends k x k convolutions (1 < k <= 3, or a
             kernel dimension of 1) with at most 20480 input elements to the im2col + GEMM
             fallback, costed as ``im2col``.
+        conv_algorithms: documented algorithm rules of the runtime; ``winograd_3x3s1``: 3 x 3,
+            stride 1, dilation 1, ungrouped convolutions with at least 8 input or output
+            channels run a Winograd kernel, costed as ``winograd`` (ncnn's rule in
+            src/layer/arm/convolution_arm.cpp; cuDNN/TensorRT's Winograd tactics).
+        weight_cache: on-chip weight memory with a usable size (null: weights come from the
+            level that holds the whole model's weights).
+        cpu_fallback: ops that run off the accelerator (null: every op runs on it).
     """
 
     name: str
@@ -239,6 +297,9 @@ class Engine:
     sparsity: Sparsity
     source: str
     conv_dispatch: ConvDispatch = "uniform"
+    conv_algorithms: tuple[ConvAlgorithm, ...] = ()
+    weight_cache: WeightCache | None = None
+    cpu_fallback: CpuFallback | None = None
 
 
 @dataclass(frozen=True)
@@ -340,6 +401,8 @@ class Anchor:
         threads: threads of the measured run.
         latency_ms: published latency, milliseconds.
         source: source key(s).
+        loo_ms: the estimate of this anchor when its network was left out of the fit
+            (written by ``hwsparse.cost.fit``; null when not computed): the out-of-sample check.
     """
 
     model: str
@@ -350,6 +413,7 @@ class Anchor:
     threads: int
     latency_ms: float
     source: str
+    loo_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -560,6 +624,28 @@ def _check(profile: DeviceProfile) -> None:
             raise _SchemaError(f"{at}.small_layer", "halves must be >= 0")
         if not 0 <= eng.uncertainty_pct <= 1000:
             raise _SchemaError(f"{at}.uncertainty_pct", "must be in [0, 1000]")
+    levels = [lvl.name for lvl in profile.memory.levels]
+    for i, eng in enumerate(profile.engines):
+        at = f"engines[{i}]"
+        cache = eng.weight_cache
+        if cache is not None and (cache.level not in levels[:-1] or cache.usable_bytes <= 0):
+            raise _SchemaError(
+                f"{at}.weight_cache",
+                f"level must be one of {', '.join(levels[:-1]) or 'none (one level only)'}"
+                " (not the last) and usable_bytes > 0",
+            )
+        fb = eng.cpu_fallback
+        if fb is not None:
+            others = [n for n in names if n != eng.name]
+            if fb.engine not in others:
+                raise _SchemaError(
+                    f"{at}.cpu_fallback.engine",
+                    f"must be another engine of the profile; valid: {', '.join(others) or 'none'}",
+                )
+            if fb.link_gbps <= 0 or not fb.ops:
+                raise _SchemaError(f"{at}.cpu_fallback", "needs ops and link_gbps > 0")
+            if profile.engine(fb.engine).cpu_fallback is not None:
+                raise _SchemaError(f"{at}.cpu_fallback.engine", "that engine falls back itself")
     if not profile.memory.levels:
         raise _SchemaError("memory.levels", "at least one level is required")
     for i, lvl in enumerate(profile.memory.levels[:-1]):
@@ -608,6 +694,10 @@ def _source_fields(profile: DeviceProfile) -> list[tuple[str, str]]:
         (f"engines[{i}].sparsity.source", e.sparsity.source) for i, e in enumerate(profile.engines)
     ]
     out += [(f"anchors[{i}].source", a.source) for i, a in enumerate(profile.anchors)]
+    for i, e in enumerate(profile.engines):
+        for name, extra in (("weight_cache", e.weight_cache), ("cpu_fallback", e.cpu_fallback)):
+            if extra is not None:
+                out.append((f"engines[{i}].{name}.source", extra.source))
     return out
 
 
