@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -126,11 +127,38 @@ def _anchor_checks(profile: DeviceProfile) -> list[dict[str, Any]]:
             "published_ms": c.anchor.latency_ms,
             "estimate_ms": c.estimate_ms,
             "error_pct": c.error_pct,
+            "loo_ms": c.anchor.loo_ms,
+            "loo_error_pct": None
+            if c.anchor.loo_ms is None
+            else (c.anchor.loo_ms / c.anchor.latency_ms - 1) * 100,
             "within_band": c.within_band,
             "source": c.anchor.source,
         }
         for c in check_anchors(profile)
     ]
+
+
+def _check_summary(profile: DeviceProfile, checks: list[dict[str, Any]]) -> list[str]:
+    """One line per engine: anchors, median in-sample and leave-one-out errors, band."""
+    lines = []
+    for eng in profile.engines:
+        mine = [c for c in checks if c["engine"] == eng.name]
+        if not mine:
+            continue
+        ins = [abs(c["error_pct"]) for c in mine if c["error_pct"] is not None]
+        loo = [abs(c["loo_error_pct"]) for c in mine if c["loo_error_pct"] is not None]
+        inside = [c["within_band"] for c in mine if c["within_band"] is not None]
+        text = f"{eng.name}: {len(mine)} anchors; in-sample median error"
+        text += f" {statistics.median(ins):.0f} %" if ins else " unknown"
+        text += (
+            f"; leave-one-network-out median {statistics.median(loo):.0f} % ({len(loo)} rows)"
+            if loo
+            else "; no leave-one-out figures (not fitted by hwsparse.cost.fit)"
+        )
+        if inside:
+            text += f"; {sum(inside)}/{len(inside)} inside the +-{eng.uncertainty_pct:g} % band"
+        lines.append(text)
+    return lines
 
 
 def _show_floors(profile: DeviceProfile) -> None:
@@ -260,16 +288,20 @@ def _show_profile(profile: DeviceProfile, checks: list[dict[str, Any]] | None) -
         anchors = Table(title="Published anchors" + (" vs estimate" if checks else ""))
         cols = ["model", "engine", "dtype", "runtime", "published ms", "source"]
         if checks:
-            cols += ["estimate ms", "error %", "in band"]
+            cols = ["model", "engine", "pub. ms", "est. ms", "err %", "LOO ms", "LOO %"]
+            cols += ["in band"]
         for col in cols:
-            anchors.add_column(col, overflow="fold", no_wrap=col != "source")
+            anchors.add_column(col, overflow="fold", no_wrap=col in ("model", "engine"))
         for i, a in enumerate(profile.anchors):
             row = [a.model, a.engine, a.dtype, a.runtime, f"{a.latency_ms:g}", a.source]
             if checks:
                 c = checks[i]
+                row = [a.model, a.engine, f"{a.latency_ms:g}"]
                 row += [
-                    _num(c["estimate_ms"], "{:.2f}"),
+                    _num(c["estimate_ms"], "{:.3g}"),
                     _num(c["error_pct"], "{:+.0f}"),
+                    _num(c["loo_ms"], "{:.3g}"),
+                    _num(c["loo_error_pct"], "{:+.0f}"),
                     "unknown"
                     if c["within_band"] is None
                     else ("yes" if c["within_band"] else "no"),
@@ -277,9 +309,12 @@ def _show_profile(profile: DeviceProfile, checks: list[dict[str, Any]] | None) -
             anchors.add_row(*row)
         out.print(anchors)
         if checks:
+            for line in _check_summary(profile, checks):
+                out.print(line, highlight=False)
             out.print(
-                "Efficiencies were fitted to these anchors (benchmarks/latency/fit_anchors.py):"
-                " the errors are in-sample; see benchmarks/latency/README.md for leave-one-out.",
+                "The profile's numbers were fitted to these anchors, so 'error %' is in-sample;"
+                " 'LOO' is the estimate when the anchor's network was left out of the fit"
+                " (hwsparse/cost/fit.py), the out-of-sample check.",
                 highlight=False,
             )
     out.print(

@@ -361,7 +361,9 @@ def combine(a: TermArrays, p: Params) -> Times:
         small *= np.where(a.pixels > 0, a.pixels / (a.pixels + p.pixels_half), 1.0)
     small = np.where(a.scaled, small, 1.0)
     compute = np.where(a.is_compute, a.compute / (eff * small), 0.0)
-    resident = np.where(a.model_w > 0, np.minimum(1.0, p.cache_bytes / np.maximum(a.model_w, 1)), 1)
+    resident = np.where(
+        a.model_w > 0, np.minimum(1.0, p.cache_bytes / np.maximum(a.model_w, 1)), 1
+    )
     weight_us = a.weights * (resident * a.w_fast + (1.0 - resident) * a.w_slow)
     memory = np.where(a.is_memory, a.act / eff, a.act + weight_us)
     memory = np.where(a.is_dw, memory / p.depthwise_bytes, memory)
@@ -600,9 +602,7 @@ def _level_bandwidth(
     return _bandwidth(profile, (size if size is not None else below + 1), engine)
 
 
-def op_latencies(
-    terms: list[OpTerms], params: Params, model_weight_bytes: int
-) -> list[OpLatency]:
+def op_latencies(terms: list[OpTerms], params: Params, model_weight_bytes: int) -> list[OpLatency]:
     """Per-op rows of ``terms`` under ``params``."""
     if not terms:
         return []
