@@ -8,7 +8,9 @@ an estimate with them we need the same networks; this module builds them in plai
 - ``resnet18``, ``resnet50`` (torchvision layout; 1.814 G / 4.1 G MACs at 224x224),
 - MLPerf Tiny v1.x: ``mlperf_tiny_ic`` (ResNet-8, 32x32x3), ``mlperf_tiny_vww`` (MobileNetV1
   0.25, 96x96x3, 2 classes), ``mlperf_tiny_kws`` (DS-CNN, 49x10x1 MFCC, 12 classes),
-  ``mlperf_tiny_ad`` (FC auto-encoder 640-128x4-8-128x4-640).
+  ``mlperf_tiny_ad`` (FC auto-encoder 640-128x4-8-128x4-640),
+- the graphs public latency tables time (benchncnn, XNNPACK, Coral; :mod:`hwsparse.cost.zoo`),
+  keyed by the names benchmarks/latency/public/measurements.csv uses.
 
 Anchor runtimes fuse batch-norm and activations and often run Winograd or FP16; the profile's
 efficiencies are what absorb that, so an anchor check mostly tests the fitted profile against
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from hwsparse.cost import zoo
 from hwsparse.cost.profiles import Anchor, DeviceProfile
 from hwsparse.errors import lookup
 
@@ -260,11 +263,37 @@ class Workload:
     description: str
 
 
+_224 = (3, 224, 224)
+
 WORKLOADS: dict[str, Workload] = {
-    "mobilenet_v1": Workload(mobilenet_v1, (3, 224, 224), "MobileNetV1 1.0, 224x224"),
-    "mobilenet_v2": Workload(mobilenet_v2, (3, 224, 224), "MobileNetV2 1.0, 224x224"),
-    "resnet18": Workload(resnet18, (3, 224, 224), "ResNet-18, 224x224"),
-    "resnet50": Workload(resnet50, (3, 224, 224), "ResNet-50, 224x224"),
+    "mobilenet_v1": Workload(mobilenet_v1, _224, "MobileNetV1 1.0, 224x224"),
+    "mobilenet_v2": Workload(mobilenet_v2, _224, "MobileNetV2 1.0, 224x224"),
+    "resnet18": Workload(resnet18, _224, "ResNet-18, 224x224"),
+    "resnet50": Workload(resnet50, _224, "ResNet-50, 224x224"),
+    "alexnet": Workload(zoo.alexnet, (3, 227, 227), "AlexNet (BVLC Caffe, grouped), 227x227"),
+    "efficientnet_b0": Workload(zoo.efficientnet_b0, _224, "EfficientNet-B0, 224x224"),
+    "googlenet": Workload(zoo.googlenet, _224, "GoogLeNet (BVLC Caffe, 5x5 branch), 224x224"),
+    "mnasnet": Workload(zoo.mnasnet, _224, "MnasNet 1.0 (no SE), 224x224"),
+    "mobilenet_v2_ncnn": Workload(
+        zoo.mobilenet_v2_ncnn, _224, "MobileNetV2 1.0, ncnn graph (t=1 block expands), 224x224"
+    ),
+    "mobilenet_v3_large": Workload(zoo.mobilenet_v3_large, _224, "MobileNetV3-Large, 224x224"),
+    "mobilenet_v3_ncnn": Workload(
+        zoo.mobilenet_v3_ncnn, _224, "MobileNetV3-Large, ncnn graph (last stage differs)"
+    ),
+    "mobilenet_v3_small": Workload(zoo.mobilenet_v3_small, _224, "MobileNetV3-Small, 224x224"),
+    "proxylessnas_mobile": Workload(zoo.proxylessnas_mobile, _224, "ProxylessNAS mobile (ncnn)"),
+    "regnety_400mf": Workload(zoo.regnety_400mf, _224, "RegNetY-400MF, 224x224"),
+    "resnet18_ncnn": Workload(
+        zoo.resnet18_ncnn, _224, "ResNet-18, ncnn graph (projection in res2a), 224x224"
+    ),
+    "resnet50_caffe": Workload(
+        zoo.resnet50_caffe, _224, "ResNet-50, Caffe graph (stride on the 1x1), 224x224"
+    ),
+    "shufflenet_v1_g3": Workload(zoo.shufflenet_v1_g3, _224, "ShuffleNet 1x g=3 (Caffe)"),
+    "shufflenet_v2": Workload(zoo.shufflenet_v2, _224, "ShuffleNet V2 1.0x, 224x224"),
+    "squeezenet_v1_1": Workload(zoo.squeezenet_v1_1, (3, 227, 227), "SqueezeNet v1.1, 227x227"),
+    "vgg16": Workload(zoo.vgg16, _224, "VGG-16, 224x224"),
     "mlperf_tiny_ic": Workload(mlperf_tiny_ic, (3, 32, 32), "MLPerf Tiny IC ResNet-8, 32x32"),
     "mlperf_tiny_vww": Workload(mlperf_tiny_vww, (3, 96, 96), "MLPerf Tiny VWW MobileNetV1 0.25"),
     "mlperf_tiny_kws": Workload(mlperf_tiny_kws, (1, 49, 10), "MLPerf Tiny KWS DS-CNN"),
