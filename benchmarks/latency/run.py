@@ -30,30 +30,11 @@ import yaml
 
 from hwsparse.cost.calibrate import busy_warning, calibrate, median_time_s
 from hwsparse.cost.estimate import estimate
+from hwsparse.cost.fit import kendall_tau
 from hwsparse.cost.profiles import dump_profile, parse_profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nets import Case, apply_masks, cases  # noqa: E402
-
-
-def kendall_tau(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b."""
-    conc = disc = tx = ty = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tx += 1
-            elif dy == 0:
-                ty += 1
-            elif (dx > 0) == (dy > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = math.sqrt((conc + disc + tx) * (conc + disc + ty))
-    return (conc - disc) / denom if denom else float("nan")
 
 
 def summary(est: list[float], meas: list[float]) -> dict[str, float]:
@@ -108,6 +89,7 @@ def main() -> int:
             "p90_error_pct": result.p90_error_pct, "load_before": result.load_before,
             "load_after": result.load_after, "warnings": list(result.warnings),
             "measurements": [m.__dict__ for m in result.measurements],
+            "networks": [m.__dict__ for m in result.networks],
         }, indent=1))  # fmt: skip
         fit = result.median_error_pct
         print(f"calibration: {result.seconds:.0f} s, layer fit median {fit:.0f} %")

@@ -11,11 +11,15 @@ the profile's numbers so that the estimator of :mod:`hwsparse.cost.latency` repr
 3. overheads: per op kind, the fixed cost left after the memory term, median over several
    sizes (views, activations, adds, batch-norm, pooling, copies; module call included, as a
    network's leaf modules pay it too); the call of an empty module and of a container;
-4. compute efficiencies: for conv, pointwise, depthwise and fc layers of representative shapes,
-   the efficiency and per-op overhead per class, and the engine's small-layer halves (shared by
-   the conv classes), by least squares on log time over a grid;
+4. compute efficiencies: for conv, pointwise, depthwise, grouped and fc layers of
+   representative shapes, the efficiency and per-op overhead per class, and the engine's
+   small-layer halves (shared by the conv classes), by least squares on log time over a grid;
 5. sparse speed-up: ``torch.mm`` of a CSR weight vs dense across sparsities (recorded with
-   ``exploited: false``: eager PyTorch runs masked weights densely; flip it if you deploy CSR).
+   ``exploited: false``: eager PyTorch runs masked weights densely; flip it if you deploy CSR);
+6. whole networks (PyTorch eager only): seeded random small networks, timed end to end, refine
+   the per-op overheads, the compute and memory-bound efficiencies, the depthwise byte
+   efficiency and the container cost by MAP on log time (:mod:`hwsparse.cost.refine`); the
+   latency benchmark's networks are never used.
 
 The machine load is read before and after (``os.getloadavg``); a busy machine gives a warning.
 
@@ -77,6 +81,7 @@ from hwsparse.cost.profiles import (
     Sparsity,
     Unstructured,
 )
+from hwsparse.cost.refine import Refinement, refine
 from hwsparse.errors import InputError, valid_names
 
 RUNTIMES = ("torch", "onnxruntime", "litert")
@@ -107,6 +112,8 @@ class CalibrationResult:
         load_before, load_after: 1-minute load average before and after.
         warnings: e.g. a busy machine.
         seconds: wall time of the calibration.
+        networks: the synthetic networks of the whole-network refinement (step 6), with the
+            refined estimate (empty for graph runtimes, which are not refined).
     """
 
     profile: DeviceProfile
@@ -117,6 +124,7 @@ class CalibrationResult:
     load_after: float
     warnings: tuple[str, ...]
     seconds: float
+    networks: tuple[Measurement, ...] = ()
 
 
 def median_time_s(
@@ -277,8 +285,8 @@ class _Cat(nn.Module):
 def _compute_benches(quick: bool, seed: int) -> list[_Bench]:
     """Layers of the shapes hwsparse's models use: 8-256 channels, 4-56 pixels, stride 1-2."""
     rng = random.Random(seed)
-    counts = {"conv": 5, "pointwise": 4, "depthwise": 3, "fc": 3} if quick else {
-        "conv": 28, "pointwise": 18, "depthwise": 14, "fc": 14
+    counts = {"conv": 5, "pointwise": 4, "depthwise": 3, "fc": 3, "grouped": 2} if quick else {
+        "conv": 28, "pointwise": 18, "depthwise": 14, "fc": 14, "grouped": 10
     }  # fmt: skip
     chans = [8, 16, 24, 32, 48, 64, 96, 128, 256]
     out: list[_Bench] = []
@@ -304,6 +312,12 @@ def _compute_benches(quick: bool, seed: int) -> list[_Bench]:
                     continue
                 mod = nn.Conv2d(ci, co, 1, bias=False)
                 out.append(_Bench(f"conv1x1 {ci}->{co} @{hw}", kind, mod, (ci, hw, hw)))
+            elif kind == "grouped":
+                g, k = rng.choice([2, 4, 8]), rng.choice([1, 3])
+                c = max(g * 4, co // g * g)
+                mod = nn.Conv2d(c, c, k, stride, k // 2, groups=g, bias=False)
+                name = f"grouped{k}x{k} g{g} {c} @{hw} s{stride}"
+                out.append(_Bench(name, kind, mod, (c, hw, hw)))
             else:
                 mod = nn.Conv2d(co, co, 3, stride, 1, groups=co, bias=False)
                 out.append(_Bench(f"dw3x3 {co} @{hw} s{stride}", kind, mod, (co, hw, hw)))
@@ -319,7 +333,7 @@ def _predict(tr: Trace, profile: DeviceProfile) -> list[OpLatency]:
     return op_latencies(terms, params, weight_bytes)
 
 
-FIT_CLASSES = (*COMPUTE_KINDS, "im2col")
+FIT_CLASSES = (*COMPUTE_KINDS, "im2col", "grouped")
 
 
 def _classes(tr: Trace, profile: DeviceProfile) -> set[str]:
@@ -383,6 +397,7 @@ def calibrate(
             )
         described = _require_runtime(runtime)
     say = progress or (lambda _msg: None)
+    refined: Refinement | None = None
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
     alerts = [w for w in [busy_warning(threads)] if w]
@@ -401,6 +416,16 @@ def calibrate(
             profile = _initial_profile(profile_id, name, threads, peak, levels, runtime, described)
             if described is None:
                 profile, measurements = _fit_ops(profile, quick, seed, min_time, threads, say)
+                say("whole-network refinement")
+                refined = refine(
+                    profile,
+                    lambda m, shape: (
+                        median_time_s(partial(m, torch.randn(1, *shape)), min_time, threads) * 1e6
+                    ),
+                    count=6 if quick else 18,
+                    seed=seed,
+                )
+                profile = refined.profile
                 say("sparse CSR speed-up")
                 curve = sparse_curve(min_time, threads, quick)
             else:
@@ -465,6 +490,25 @@ def calibrate(
             " bandwidth from torch probes. Per-invoke overhead"
             f" {eng.invoke_overhead_us} us = intercept over chains of 1-16 tiny adds."
         )
+    networks: tuple[Measurement, ...] = ()
+    if refined is not None:
+        networks = tuple(
+            Measurement(n, "network", round(m, 2), round(float(e), 2))
+            for n, m, e in zip(refined.names, refined.measured_us, refined.after_us, strict=True)
+        )
+        before = statistics.median(
+            abs(e / m - 1) * 100
+            for e, m in zip(refined.before_us, refined.measured_us, strict=True)
+        )
+        after = statistics.median(abs(m.estimated_us / m.measured_us - 1) * 100 for m in networks)
+        v = refined.values
+        how += (
+            f" Refined on {len(networks)} synthetic networks (hwsparse/cost/refine.py, not the"
+            f" latency benchmark's): per-op overheads x{v['overhead']:.2f}, compute efficiencies"
+            f" x{v['compute']:.2f}, memory-bound x{v['memory']:.2f}, depthwise bytes"
+            f" {v['depthwise_bytes']:.2f}, container {v['container']:.2f} us; their median error"
+            f" {before:.0f} % -> {after:.0f} %."
+        )
     notes = (
         f"Measured by hwsparse calibrate ({'quick, rough' if quick else 'full'}); median fit"
         f" error of layer micro-benchmarks {median_err:.0f} %, p90 {p90:.0f} % (the"
@@ -481,6 +525,7 @@ def calibrate(
         load_after=load_after,
         warnings=tuple(alerts),
         seconds=time.perf_counter() - start,
+        networks=networks,
     )
 
 
@@ -823,8 +868,15 @@ def _with_overheads(
     invoke: float,
     container: float,
 ) -> DeviceProfile:
-    over = KernelOverhead(*(overheads.get(f.name, 0.0) for f in fields(KernelOverhead)))
-    eff = Efficiency(*(efficiency.get(f.name, 1.0) for f in fields(Efficiency)))
+    # PyTorch's CPU convolutions have no Winograd path: that class stays unset (null)
+    over = KernelOverhead(
+        **{f.name: overheads.get(f.name, None if f.name == "winograd" else 0.0)
+           for f in fields(KernelOverhead)}
+    )  # fmt: skip
+    eff = Efficiency(
+        **{f.name: efficiency.get(f.name, None if f.name == "winograd" else 1.0)
+           for f in fields(Efficiency)}
+    )  # fmt: skip
     new = replace(
         eng,
         efficiency=eff,
