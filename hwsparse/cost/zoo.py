@@ -399,7 +399,11 @@ def regnety_400mf() -> nn.Module:
 
 
 def squeezenet_v1_1() -> nn.Module:
-    """SqueezeNet v1.1 (Caffe, ncnn ``squeezenet.param``), 227x227 input."""
+    """SqueezeNet v1.1 (Caffe, ncnn ``squeezenet.param``), 227x227 input.
+
+    As in the Caffe model, conv10 (1x1, 512->1000) pads by 1, so it runs on 16x16 instead of
+    14x14 at 227 (+31 M MACs; torchvision's squeezenet1_1 has no padding there).
+    """
 
     class Fire(nn.Module):
         def __init__(self, c_in: int, squeeze: int, expand: int) -> None:
@@ -416,7 +420,8 @@ def squeezenet_v1_1() -> nn.Module:
     fires += [(256, 48, 192), (384, 48, 192), (384, 64, 256), (512, 64, 256)]
     layers: list[nn.Module] = [nn.Conv2d(3, 64, 3, 2), nn.ReLU(inplace=True), _max_pool()]
     layers += [_max_pool() if f is None else Fire(*f) for f in fires]
-    layers += [nn.Conv2d(512, 1000, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)]
+    # conv10 is a 1x1 conv with padding 1 in the Caffe prototxt and the param file (4=1)
+    layers += [nn.Conv2d(512, 1000, 1, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)]
     return nn.Sequential(*layers, nn.Flatten())
 
 

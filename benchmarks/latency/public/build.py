@@ -74,7 +74,7 @@ def ncnn_rows(path: Path = HERE / "benchncnn_excerpt.txt") -> list[list[str]]:
             continue
         device, engine, dtype, threads, ref = head
         name, minimum = fields[0], fields[3]
-        network = NCNN_NETWORKS[name]
+        network = NCNN_NETWORKS[name.removesuffix("_int8")]  # *_int8: same graph, quantized
         runtime = f"ncnn benchncnn ({'Vulkan' if 'gpu' in engine else 'CPU'}), {threads} thread"
         runtime += "s" if threads != "1" else ""
         rows.append(
