@@ -81,20 +81,20 @@ class Prior:
     high: float = 1e7
 
 
-_EFF = {"low": 1e-4, "high": 4.0}  # the profile schema's (0, 4] for efficiencies
+_LOW, _HIGH = 1e-4, 4.0  # the profile schema's (0, 4] for efficiencies
 # Weak prior values; the means are replaced by the other engines' fits (shared priors).
 # Sources of the base values: devices.md §2.2 and §6.3 (class ratios 1 : 0.8 : 0.25 : 0.5,
 # overheads of microseconds per kernel, eager 1-10 us, GPU launches ~10 us, invoke 0.1-0.5 ms).
 BASE_PRIORS: dict[str, dict[str, Prior]] = {
     kind: {
-        "conv": Prior(conv, math.log(4), **_EFF),
-        "pointwise": Prior(0.8, math.log(2), "conv", **_EFF),
-        "fc": Prior(0.5, math.log(3), "conv", **_EFF),
-        "grouped": Prior(0.4, math.log(3), "conv", **_EFF),
-        "winograd": Prior(2.0, math.log(2), "conv", **_EFF),
-        "depthwise": Prior(0.25, math.log(3), "conv", **_EFF),
-        "depthwise_bytes": Prior(0.5, math.log(3), None, **_EFF),
-        "memory": Prior(0.5, math.log(3), None, **_EFF),
+        "conv": Prior(conv, math.log(4), low=_LOW, high=_HIGH),
+        "pointwise": Prior(0.8, math.log(2), "conv", low=_LOW, high=_HIGH),
+        "fc": Prior(0.5, math.log(3), "conv", low=_LOW, high=_HIGH),
+        "grouped": Prior(0.4, math.log(3), "conv", low=_LOW, high=_HIGH),
+        "winograd": Prior(2.0, math.log(2), "conv", low=_LOW, high=_HIGH),
+        "depthwise": Prior(0.25, math.log(3), "conv", low=_LOW, high=_HIGH),
+        "depthwise_bytes": Prior(0.5, math.log(3), None, low=_LOW, high=_HIGH),
+        "memory": Prior(0.5, math.log(3), None, low=_LOW, high=_HIGH),
         "overhead_us": Prior(op_us, math.log(10), None, 1e-3, 1e5),
         "memory_overhead_us": Prior(op_us / 4, math.log(10), None, 1e-3, 1e5),
         "invoke_us": Prior(invoke, math.log(10), None, 1e-2, 1e6),
