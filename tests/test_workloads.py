@@ -49,7 +49,8 @@ class Published:
 # [TV] torchvision model table (docs.pytorch.org/vision/stable/models: "GFLOPS" = GMACs,
 # params with batch-norm); [SZE] Sze et al. 2017 "Efficient Processing of DNNs" Table III;
 # [G15] Szegedy et al. 2015 Table 1 (sum of the "ops" column: 1586 M); [TL19] Tan & Le 2019
-# Table 2; [MA18] Ma et al. 2018 Table 5; [Z18] Zhang et al. 2018 Table 2 (ShuffleNet 1x g=3);
+# Table 2; [TL21] Tan & Le 2021 (EfficientNetV2-B0: 0.72 B FLOPs, 7.1 M);
+# [MA18] Ma et al. 2018 Table 5; [Z18] Zhang et al. 2018 Table 2 (ShuffleNet 1x g=3);
 # [CAI19] Cai et al. 2019 (ProxylessNAS mobile, 320 M); [R20] Radosavovic et al. 2020 / pycls
 # model zoo (RegNetY-400MF 0.40 GF, 4.3 M); [DEV] shared reference devices.md §1.1 (MLPerf
 # Tiny, derived layer by layer); [HE17] Zhang et al. 2017 "Hello Edge" (DS-CNN S 5.4 M ops).
@@ -60,6 +61,7 @@ PUBLISHED: dict[str, Published] = {
     "resnet50": Published(4.09e9, 25.6e6, with_bn=True),  # [TV] (torchvision layout)
     "alexnet": Published(724e6, 61e6),  # [SZE]
     "efficientnet_b0": Published(0.39e9, 5.3e6),  # [TL19]
+    "efficientnetv2_b0": Published(0.72e9, 7.1e6, with_bn=True),  # [TL21]
     "googlenet": Published(1586e6, 7e6),  # [G15] MACs, [SZE] weights
     "mnasnet": Published(0.31e9, 4.4e6, with_bn=True),  # [TV] mnasnet1_0
     # ncnn graph: [TV] mobilenet_v2 + the t=1 block's 32->32 expand conv at 112x112

@@ -272,6 +272,7 @@ WORKLOADS: dict[str, Workload] = {
     "resnet50": Workload(resnet50, _224, "ResNet-50, 224x224"),
     "alexnet": Workload(zoo.alexnet, (3, 227, 227), "AlexNet (BVLC Caffe, grouped), 227x227"),
     "efficientnet_b0": Workload(zoo.efficientnet_b0, _224, "EfficientNet-B0, 224x224"),
+    "efficientnetv2_b0": Workload(zoo.efficientnetv2_b0, _224, "EfficientNetV2-B0, 224x224"),
     "googlenet": Workload(zoo.googlenet, _224, "GoogLeNet (BVLC Caffe, 5x5 branch), 224x224"),
     "mnasnet": Workload(zoo.mnasnet, _224, "MnasNet 1.0 (no SE), 224x224"),
     "mobilenet_v2_ncnn": Workload(

@@ -260,6 +260,60 @@ def efficientnet_b0() -> nn.Module:
     return _mbnet(32, blocks, 1280, nn.SiLU)
 
 
+class _FusedMBConv(nn.Module):
+    """Fused-MBConv (EfficientNetV2): k x k expand conv (or the only conv when t=1) + 1x1
+    projection; a residual add is followed by a per-channel constant add, as in the graph."""
+
+    def __init__(self, c_in: int, c_out: int, t: int, stride: int) -> None:
+        super().__init__()
+        if t == 1:
+            self.body = _conv(c_in, c_out, 3, stride, act=nn.SiLU)
+        else:
+            self.body = nn.Sequential(
+                _conv(c_in, c_in * t, 3, stride, act=nn.SiLU), _conv(c_in * t, c_out, 1, act=None)
+            )
+        self.residual = stride == 1 and c_in == c_out
+        self.shift = nn.Parameter(torch.zeros(c_out, 1, 1)) if self.residual else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.body(x)
+        return x + out + self.shift if self.shift is not None else out
+
+
+class _ShiftedMBConv(_MBConv):
+    """MBConv whose residual add is followed by a per-channel constant add (EfficientNetV2)."""
+
+    def __init__(self, b: MB) -> None:
+        super().__init__(b)
+        self.shift = nn.Parameter(torch.zeros(b.c_out, 1, 1)) if self.residual else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = super().forward(x)
+        return out + self.shift if self.shift is not None else out
+
+
+def efficientnetv2_b0() -> nn.Module:
+    """EfficientNetV2-B0 (Tan & Le 2021) as in ncnn ``efficientnetv2_b0.param``, 224x224.
+
+    Fused-MBConv stages (t=1 x1, t=4 x2 to 32, t=4 x2 to 48), then MBConv with squeeze-excite
+    (1/4 of the block input): t=4 x3 to 96, t=6 x5 to 112, t=6 x8 to 192; 1x1 to 1280. Each
+    residual add is followed by a per-channel constant add (MemoryData + BinaryOp in the file).
+    """
+    layers: list[nn.Module] = [_conv(3, 32, 3, 2, act=nn.SiLU)]
+    c = 32
+    for t, out, n, stride in [(1, 16, 1, 1), (4, 32, 2, 2), (4, 48, 2, 2)]:
+        for i in range(n):
+            layers.append(_FusedMBConv(c, out, t, stride if i == 0 else 1))
+            c = out
+    for t, out, n, stride in [(4, 96, 3, 2), (6, 112, 5, 1), (6, 192, 8, 2)]:
+        for i in range(n):
+            b = MB(c, c * t, out, 3, stride if i == 0 else 1, c // 4, nn.SiLU)
+            layers.append(_ShiftedMBConv(b))
+            c = out
+    layers += [_conv(c, 1280, 1, act=nn.SiLU), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers, nn.Linear(1280, 1000))
+
+
 # ---------------------------------------------------------------------------------------------
 # ShuffleNets
 

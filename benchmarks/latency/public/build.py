@@ -42,6 +42,7 @@ NCNN_NETWORKS = {
     "mnasnet": "mnasnet",
     "proxylessnasnet": "proxylessnas_mobile",
     "efficientnet_b0": "efficientnet_b0",
+    "efficientnetv2_b0": "efficientnetv2_b0",
     "regnety_400m": "regnety_400mf",
     "googlenet": "googlenet",
     "resnet18": "resnet18_ncnn",
