@@ -97,7 +97,9 @@ BASE_PRIORS: dict[str, dict[str, Prior]] = {
         "memory": Prior(0.5, math.log(3), None, low=_LOW, high=_HIGH),
         "overhead_us": Prior(op_us, math.log(10), None, 1e-3, 1e5),
         "memory_overhead_us": Prior(op_us / 4, math.log(10), None, 1e-3, 1e5),
-        "invoke_us": Prior(invoke, math.log(10), None, 1e-2, 1e6),
+        # the per-call cost sets every device's latency floor, and rows of 1-500 ms networks
+        # hardly constrain it: a tighter prior (within 3x at one sd) keeps it credible
+        "invoke_us": Prior(invoke, math.log(3), None, 1e-2, 1e6),
         "channels_half": Prior(4.0, math.log(10), None, 1e-2, 1e4),
         "cache_fraction": Prior(0.9, math.log(1.5), None, 0.05, 1.0),
     }
@@ -675,7 +677,8 @@ def write_back(path: Path, results: Sequence[EngineResult]) -> None:
         text = text[:start] + stanza + text[end:]
     profile = results[0].data.profile
     fitted = {r.data.engine.name for r in results}
-    lines = [_anchor_line(row, None) for row in anchor_rows(profile) if row.engine not in fitted]
+    kept = [(row, a.loo_ms) for row, a in zip(anchor_rows(profile), profile.anchors, strict=True)]
+    lines = [_anchor_line(row, loo) for row, loo in kept if row.engine not in fitted]
     for res in results:
         lines += [
             _anchor_line(row, loo) for row, loo in zip(res.data.rows, res.loo_ms, strict=True)
