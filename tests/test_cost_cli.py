@@ -40,6 +40,13 @@ def test_devices_check_lists_anchor_errors() -> None:
     checks = shown["anchor_checks"]
     assert [c["model"] for c in checks][:2] == ["mlperf_tiny_ic", "mlperf_tiny_vww"]
     assert all(abs(c["error_pct"]) < 60 for c in checks)  # fitted to them (in-sample)
+    # every anchor also carries its leave-one-network-out estimate (hwsparse.cost.fit)
+    for c in checks:
+        assert c["loo_ms"] > 0
+        assert c["loo_error_pct"] == pytest.approx((c["loo_ms"] / c["published_ms"] - 1) * 100)
+    text = runner.invoke(app, ["devices", "stm32h7", "--check"], env={"COLUMNS": "200"}).stdout
+    assert "mcu: 4 anchors; in-sample median error" in " ".join(text.split())
+    assert "leave-one-network-out median" in " ".join(text.split())
 
 
 def test_estimate_json_exact_flops_for_lenet_300_100() -> None:
@@ -167,6 +174,8 @@ def test_calibrate_quick_writes_a_profile_that_loads(tmp_path: Path) -> None:
     assert eng.peak.fp32_gflops and eng.peak.fp32_gflops > 0.1
     assert all(lvl.bandwidth_gbps and lvl.bandwidth_gbps > 0 for lvl in profile.memory.levels)
     assert out["measurements"] and out["load_before"] >= 0
+    # step 6: whole synthetic networks timed and the profile refined on them
+    assert len(out["networks"]) == 6 and all(n["measured_us"] > 0 for n in out["networks"])
     est = _json(
         ["estimate", "--model", "mlp", "--input-shape", "64", "--target", str(path), "--json"]
     )

@@ -609,6 +609,7 @@ def calibrate(
                     "warnings": list(result.warnings),
                     "profile": profile_to_dict(result.profile),
                     "measurements": [m.__dict__ for m in result.measurements],
+                    "networks": [m.__dict__ for m in result.networks],
                 }
             )
             return
@@ -634,6 +635,13 @@ def calibrate(
             "layer fit error median / p90",
             f"{result.median_error_pct:.0f} % / {result.p90_error_pct:.0f} %",
         )
+        if result.networks:
+            errors = [abs(m.estimated_us / m.measured_us - 1) * 100 for m in result.networks]
+            table.add_row(
+                f"refined on {len(errors)} synthetic networks: median error",
+                f"{statistics.median(errors):.0f} %",
+            )
+        table.add_row("depthwise byte efficiency", f"{e.depthwise_bytes}")
         table.add_row(
             "load average before / after", f"{result.load_before:.2f} / {result.load_after:.2f}"
         )
