@@ -526,6 +526,12 @@ def _show_report(name: str, profile: DeviceProfile, r: CostReport) -> None:
             weights,
         )
     out.print(layers)
+    out.print(
+        "bound: the term that dominates the layer: compute (MACs / peak x efficiency), memory"
+        " (activation bytes), weights (weight traffic, incl. weights streamed past an on-chip"
+        " cache), overhead (fixed per-op cost), fallback (runs on another engine).",
+        highlight=False,
+    )
     if hidden:
         out.print(f"{hidden} fused rows (folded into their producers) hidden; --json lists all.")
     for note in r.notes:
