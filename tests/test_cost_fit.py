@@ -21,8 +21,8 @@ from hwsparse.cost.fit import (
     fit_all,
     kendall_tau,
     read_csv,
-    write_back,
 )
+from hwsparse.cost.fit_write import write_back
 from hwsparse.cost.latency import estimate_latency
 from hwsparse.cost.profiles import PROFILE_DIR, DeviceProfile, load_profile, parse_profile
 from hwsparse.errors import InputError

@@ -68,7 +68,7 @@ def test_search_records_trials_and_picks_a_feasible_ticket(tmp_path: Path) -> No
 def test_impossible_budget_picks_nothing_and_shows_the_closest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(InputError, match="floor of 0.10 ms"):  # below the floor: refused
+    with pytest.raises(InputError, match="floor of 0.0995 ms"):  # below the floor: refused
         _run(tmp_path, trials=2, budget=Budget(latency_ms=1e-4))
     monkeypatch.setattr(search, "check_floors", lambda *a: None)  # the path behind the check
     outcome = _run(tmp_path, trials=2, budget=Budget(latency_ms=1e-4))

@@ -29,8 +29,8 @@ from hwsparse.cost.fit import (
     macs_proxy_ms,
     read_csv,
     to_params,
-    write_back,
 )
+from hwsparse.cost.fit_write import write_back
 from hwsparse.cost.latency import TermArrays, combine
 from hwsparse.cost.profiles import PROFILE_DIR, load_profile, profile_ids
 

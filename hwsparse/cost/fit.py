@@ -25,8 +25,8 @@ Validation, all out of sample:
 - Kendall tau within each engine, next to a MACs-only proxy (``t = c x MACs``, ``c`` fitted
   in-sample on the same rows).
 
-:func:`write_back` writes the fitted numbers, the band and the anchors used (with sources and
-their leave-one-out estimate ``loo_ms``) into the profile YAML, keeping its comments.
+:func:`hwsparse.cost.fit_write.write_back` writes the fitted numbers, the band and the anchors
+used (with sources and their leave-one-out estimate ``loo_ms``) into the profile YAML.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def prepare(
 # Parameters
 
 
-def _free_params(data: EngineData) -> list[str]:
+def free_params(data: EngineData) -> list[str]:
     """The parameters this engine's structure uses (the others stay unfitted)."""
     names = ["conv", "pointwise", "fc", "depthwise", "depthwise_bytes", "overhead_us"]
     names += ["invoke_us", "channels_half"]
@@ -292,7 +292,7 @@ def to_params(values: Mapping[str, float], data: EngineData) -> tuple[Params, fl
     over["view"] = eng.kernel_overhead_us.view or 0.0
     cache = math.inf
     if eng.weight_cache is not None:
-        size = _cache_level_size(data)
+        size = cache_level_size(data)
         cache = values.get("cache_fraction", 1.0) * size
     params = Params(
         efficiency=eff,
@@ -305,7 +305,7 @@ def to_params(values: Mapping[str, float], data: EngineData) -> tuple[Params, fl
     return params, values["invoke_us"]
 
 
-def _cache_level_size(data: EngineData) -> float:
+def cache_level_size(data: EngineData) -> float:
     cache = data.engine.weight_cache
     assert cache is not None
     level = next(lvl for lvl in data.profile.memory.levels if lvl.name == cache.level)
@@ -331,7 +331,7 @@ class Fit:
 
 def fit_engine(data: EngineData, priors: Mapping[str, Prior], keep: Sequence[int]) -> Fit:
     """MAP fit of ``data``'s parameters on rows ``keep`` under ``priors`` (see module doc)."""
-    names = _free_params(data)
+    names = free_params(data)
     # unused parameters: absolute ones at their prior; ratios fall back to conv (to_params)
     fixed = {n: p.mean for n, p in priors.items() if n not in names and p.of is None}
     arrays, idx = data.arrays(keep)
@@ -384,7 +384,7 @@ def shared_priors(fits: Mapping[str, tuple[EngineData, Fit]], key: str) -> dict[
         for other, (odata, ofit) in fits.items():
             if other == key or odata.engine.kind != data.engine.kind:
                 continue
-            if name in _free_params(odata) and len(ofit.used) >= 2:
+            if name in free_params(odata) and len(ofit.used) >= 2:
                 logs.append(math.log(_relative(ofit.values, name, prior)))
         out[name] = replace(prior, mean=math.exp(statistics.fmean(logs)))
     return out
@@ -541,166 +541,3 @@ def macs_proxy_ms(result: EngineResult) -> list[float]:
         statistics.fmean(math.log(r.latency_ms / m) for r, m in zip(rows, macs, strict=True))
     )
     return [c * m for m in macs]
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing the fit back into a profile YAML (text edits: the file's comments stay)
-
-FIT_SOURCE = (
-    "hwsparse/cost/fit.py: MAP fit on log latency with shared priors to this profile's anchors;"
-    " band = 80th percentile of leave-one-network-out errors"
-)
-
-
-def _g(x: float) -> str:
-    return f"{x:.4g}"
-
-
-def _flow(values: Mapping[str, float | None]) -> str:
-    return (
-        "{" + ", ".join(f"{k}: {'null' if v is None else _g(v)}" for k, v in values.items()) + "}"
-    )
-
-
-def fitted_engine_fields(result: EngineResult) -> dict[str, str]:
-    """YAML text (flow style) of the fitted engine fields of ``result``."""
-    data, v = result.data, result.values
-    eng = data.engine
-    free = set(_free_params(data))
-    eff: dict[str, float | None] = {
-        f: getattr(eng.efficiency, f)
-        for f in ("conv", "pointwise", "depthwise", "fc", *MEMORY_CLASSES, "im2col")
-    }
-    over: dict[str, float | None] = {
-        f: getattr(eng.kernel_overhead_us, f)
-        for f in ("conv", "pointwise", "depthwise", "fc", *MEMORY_CLASSES, "view", "im2col")
-    }
-    for c in ("conv", "pointwise", "depthwise", "fc", "grouped", "winograd"):
-        if c in free:
-            eff[c] = v[c]
-            over[c] = v["overhead_us"]
-    if eff["im2col"] is not None:
-        over["im2col"] = v["overhead_us"]
-    else:
-        eff.pop("im2col")
-        over.pop("im2col")
-    for c in MEMORY_CLASSES:
-        if "memory" in free and c not in eng.fused_ops:
-            eff[c] = v["memory"]
-            over[c] = v["memory_overhead_us"]
-    eff["depthwise_bytes"] = v["depthwise_bytes"]
-    out = {
-        "efficiency": _flow(eff),
-        "kernel_overhead_us": _flow(over),
-        "invoke_overhead_us": _g(v["invoke_us"]),
-        "small_layer": _flow({"channels_half": v["channels_half"], "pixels_half": 0.0}),
-        "uncertainty_pct": f"{round(result.band_pct)}",
-    }
-    if eng.weight_cache is not None:
-        out["usable_bytes"] = str(int(v["cache_fraction"] * _cache_level_size(data)))
-    meas = [r.latency_ms for r in data.rows]
-    loo = abs_errors_pct(result.loo_ms, meas)
-    loo_text = (
-        f"leave-one-network-out median {statistics.median(loo):.0f} %"
-        if loo
-        else ("no leave-one-out (one network)")
-    )
-    out["source"] = json_str(
-        f"efficiencies, overheads, small-layer half{', cache size' if eng.weight_cache else ''}"
-        f" fitted to the {len(meas)} anchors of this engine [FIT]; {loo_text};"
-        f" band +-{round(result.band_pct)} % from those errors"
-    )
-    return out
-
-
-def json_str(text: str) -> str:
-    """A YAML double-quoted scalar (JSON string syntax is valid YAML)."""
-    import json
-
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _engine_span(text: str, engine: str) -> tuple[int, int]:
-    start = text.index(f"\n  - name: {engine}\n") + 1
-    nxt = re.compile(r"^(  - name: |\S)", re.M)
-    m = nxt.search(text, start + 4)
-    return start, (m.start() if m else len(text))
-
-
-def _replace_field(stanza: str, key: str, value: str) -> str:
-    """Replace ``    key: <value>`` (a flow mapping may span lines) inside an engine stanza."""
-    m = re.search(rf"^    {key}: ", stanza, re.M)
-    if m is None:
-        raise ValueError(f"no '{key}:' in the engine stanza")
-    end = m.end()
-    if stanza[end] == "{":
-        depth = 0
-        for j in range(end, len(stanza)):
-            depth += {"{": 1, "}": -1}.get(stanza[j], 0)
-            if depth == 0:
-                end = j + 1
-                break
-    else:
-        end = stanza.index("\n", end)
-    return stanza[: m.end()] + value + stanza[end:]
-
-
-def _anchor_line(row: Row, loo: float | None) -> str:
-    shape = "[" + ", ".join(str(d) for d in row.input_shape) + "]"
-    loo_text = "null" if loo is None else _g(loo)
-    return (
-        f"  - {{model: {row.network}, input_shape: {shape}, dtype: {row.dtype},"
-        f" engine: {row.engine}, runtime: {json_str(row.runtime)}, threads: {row.threads},"
-        f" latency_ms: {_g(row.latency_ms)}, source: {json_str(row.source)},"
-        f" loo_ms: {loo_text}}}"
-    )
-
-
-def write_back(path: Path, results: Sequence[EngineResult]) -> None:
-    """Write the fits of ``results`` (engines of the profile at ``path``) into the file:
-    fitted numbers, band and source per engine; the anchors of the fitted engines (rows used,
-    with ``loo_ms``) replace theirs, other engines' anchors stay; new source keys are added.
-
-    Raises:
-        InputError: the written file does not load (it is then left unchanged).
-    """
-    original = path.read_text(encoding="utf-8")
-    text = original
-    for res in results:
-        start, end = _engine_span(text, res.data.engine.name)
-        stanza = text[start:end]
-        for key, value in fitted_engine_fields(res).items():
-            if key == "usable_bytes":
-                stanza = re.sub(r"usable_bytes: \d+", f"usable_bytes: {value}", stanza)
-            else:
-                stanza = _replace_field(stanza, key, value)
-        text = text[:start] + stanza + text[end:]
-    profile = results[0].data.profile
-    fitted = {r.data.engine.name for r in results}
-    kept = [(row, a.loo_ms) for row, a in zip(anchor_rows(profile), profile.anchors, strict=True)]
-    lines = [_anchor_line(row, loo) for row, loo in kept if row.engine not in fitted]
-    for res in results:
-        lines += [
-            _anchor_line(row, loo) for row, loo in zip(res.data.rows, res.loo_ms, strict=True)
-        ]
-    block = "anchors:\n" + "\n".join(lines) + "\n"
-    m = re.search(r"^anchors:.*?(?=^\S|\Z)", text, re.M | re.S)
-    text = text[: m.start()] + block + text[m.end() :] if m else text.rstrip("\n") + "\n" + block
-    refs: dict[str, str] = {"FIT": FIT_SOURCE}
-    for res in results:
-        for row in res.data.rows:
-            refs.update({k: v for k, v in row.refs.items() if v})
-    if "FIT" in profile.sources:
-        text = re.sub(r"^  FIT: .*$", f"  FIT: {json_str(FIT_SOURCE)}", text, count=1, flags=re.M)
-    missing = {k: v for k, v in refs.items() if k not in profile.sources}
-    if missing:
-        m = re.search(r"^sources:\n(?:  .*\n)*", text, re.M)
-        assert m is not None, "profile without a sources block"
-        add = "".join(f"  {k}: {json_str(v)}\n" for k, v in sorted(missing.items()))
-        text = text[: m.end()] + add + text[m.end() :]
-    path.write_text(text, encoding="utf-8")
-    try:
-        load_profile(path)
-    except InputError:
-        path.write_text(original, encoding="utf-8")
-        raise
