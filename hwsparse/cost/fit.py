@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import least_squares
 
 from hwsparse.cost.anchors import WORKLOADS
 from hwsparse.cost.dataflow import Trace, trace
@@ -331,6 +330,9 @@ class Fit:
 
 def fit_engine(data: EngineData, priors: Mapping[str, Prior], keep: Sequence[int]) -> Fit:
     """MAP fit of ``data``'s parameters on rows ``keep`` under ``priors`` (see module doc)."""
+    # scipy is imported here: importing it adds warning filters to the caller's process
+    from scipy.optimize import least_squares
+
     names = free_params(data)
     # unused parameters: absolute ones at their prior; ratios fall back to conv (to_params)
     fixed = {n: p.mean for n, p in priors.items() if n not in names and p.of is None}

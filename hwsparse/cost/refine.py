@@ -20,7 +20,6 @@ from functools import partial
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from scipy.optimize import least_squares
 from torch import nn
 
 from hwsparse.cost.dataflow import trace
@@ -158,6 +157,9 @@ def refine(
     seed: int,
 ) -> Refinement:
     """Refine ``profile``'s first engine on ``count`` synthetic networks timed by ``time_us``."""
+    # scipy is imported here: importing it adds warning filters to the caller's process
+    from scipy.optimize import least_squares
+
     eng = profile.engines[0]
     data = []
     for name, build, shape in synthetic_networks(count, seed):
