@@ -48,6 +48,7 @@ from hwsparse.deploy.quantize import accuracy, calibration_batch, simulate
 from hwsparse.errors import InputError
 from hwsparse.models import build_model
 from hwsparse.penalties import get_penalty
+from hwsparse.preset import REGULARIZER_KNOBS, fits_param
 from hwsparse.space import SearchSpace
 from hwsparse.storage import (
     WORKER_LOCK_ATTR,
@@ -303,6 +304,7 @@ class Objective:
         attrs: dict[str, Any] = {
             "val_accuracy": val_accuracy,
             "val_accuracy_fp32": result.val_accuracy,
+            "val_samples": len(self.data.y_val),  # its binomial interval: hwsparse.stats
             "dtype": self.dtype,
             "density": result.density,
             "flops": report.flops,
@@ -539,7 +541,7 @@ def run_search(
     sampler: str = "tpe",
     in_total: bool = False,
     on_trial_start: Callable[[int], None] | None = None,
-    enqueue: dict[str, Any] | None = None,
+    enqueue: list[dict[str, Any]] | None = None,
 ) -> SearchOutcome:
     """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s).
 
@@ -547,7 +549,7 @@ def run_search(
     run (none when it has them; :func:`count_finished` counts). ``sampler`` is ``tpe`` (the
     default) or ``random`` (a baseline for benchmarks). ``on_trial_start(number)`` is called
     as each trial begins, ``on_epoch`` after each of its training epochs. ``enqueue``: params
-    of a first trial (``--preset --warm-start``), queued when the study has no trial yet.
+    of the first trials (``--warm-start``), queued when the study has no trial yet.
     """
     if trials < 1:
         raise InputError(f"--trials must be >= 1 (got {trials})")
@@ -583,7 +585,8 @@ def run_search(
             study.set_metric_names(metrics)  # shown by optuna-dashboard and the optuna CLI
     retried = recover_interrupted(study)
     if enqueue and not study.trials:
-        study.enqueue_trial(enqueue, user_attrs={"warm_start": True})
+        for params in enqueue:
+            study.enqueue_trial(params, user_attrs={"warm_start": True})
     before = count_finished(study)
     to_run = max(0, trials - before) if in_total else trials
     # Samplers are not stored: rebuild one, seeded by how far the study is, so a resumed run
@@ -637,6 +640,80 @@ def run_search(
         ran=ran,
         total=count_finished(study),
     )
+
+
+def importance(study: optuna.Study) -> dict[str, float]:
+    """Which knobs mattered for validation accuracy: Optuna's parameter importances (its default
+    evaluator, PED-ANOVA, over completed trials), as shares summing to 1, most important first.
+    Empty with fewer than 4 completed trials, where the estimate is noise.
+
+    PED-ANOVA ranks the parameters that lead to *low* values of a custom target, so the target
+    is minus the accuracy."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < 4:
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its note on custom targets: handled as above
+            imp = optuna.importance.get_param_importances(
+                study, target=lambda t: -float(t.user_attrs.get("val_accuracy") or 0.0)
+            )
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}
+    total = sum(imp.values())
+    if not total > 0:
+        return {}
+    return {k: round(v / total, 4) for k, v in imp.items()}
+
+
+WARM_START_TRIALS = 3  # distinct regularizer settings a finished study seeds a new one with
+
+
+def warm_start_from(
+    source: optuna.Study, config: SearchConfig, space: SearchSpace
+) -> list[dict[str, Any]]:
+    """The regularizer settings of ``source`` to try first in a new study of ``config``.
+
+    ``source`` is a finished ``hwsparse search`` or ``hwsparse tune`` study on the same dataset
+    and model (refused otherwise). Its trained, completed trials (for a search: those that fit
+    its budget first), best validation accuracy first, give up to :data:`WARM_START_TRIALS`
+    distinct settings of the regularizer knobs (:data:`hwsparse.preset.REGULARIZER_KNOBS`)
+    that the new space searches, each inside the new space's range. Density and granularity
+    are not carried over: the new target's budget decides them.
+    """
+    made = source.user_attrs.get(CONFIG_ATTR) or {}
+    for key in ("dataset", "model"):
+        if made.get(key) != getattr(config, key):
+            raise InputError(
+                f"--warm-start study {source.study_name!r} is on {key} {made.get(key)!r}, this "
+                f"search on {getattr(config, key)!r}; warm-start from a study on the same "
+                "dataset and model"
+            )
+    done = [
+        t
+        for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("val_accuracy") is not None and t.user_attrs.get("status") != "skipped"
+    ]
+    tune = made.get("kind") == "tune"  # no budget: every trial counts as fitting
+    done.sort(key=lambda t: (not (tune or feasible(t)), -float(t.user_attrs["val_accuracy"])))
+    params = {p.name: p for p in space.params}
+    firsts: list[dict[str, Any]] = []
+    for t in done:
+        values = {
+            k: v
+            for k, v in t.params.items()
+            if k in REGULARIZER_KNOBS and k in params and fits_param(params[k], v)
+        }
+        if values and values not in firsts:
+            firsts.append(values)
+        if len(firsts) == WARM_START_TRIALS:
+            break
+    if not firsts:
+        raise InputError(
+            f"--warm-start study {source.study_name!r} has no completed trial with regularizer "
+            "settings this search space searches; run it longer or warm-start from another"
+        )
+    return firsts
 
 
 # --- picking -------------------------------------------------------------------------------------
@@ -695,6 +772,12 @@ def pick_and_test(
     acc, fp32 = accuracy(deployed, x, y), accuracy(ticket.model, x, y)
     study.set_user_attr(
         PICK_ATTR,
-        {"trial": chosen.number, "test_accuracy": acc, "test_accuracy_fp32": fp32, "dtype": dtype},
+        {
+            "trial": chosen.number,
+            "test_accuracy": acc,
+            "test_accuracy_fp32": fp32,
+            "test_samples": len(y),
+            "dtype": dtype,
+        },
     )
     return chosen, acc

@@ -231,6 +231,8 @@ def test_cli_search_show_plot_export(tmp_path: Path) -> None:
     assert (card["format"], card["dtype"]) == ("tflite", "fp32")
     assert (out / card["artifact"]).stat().st_size == card["artifact_bytes"]
     assert card["accuracy"]["artifact_test"] == pytest.approx(card["accuracy"]["fp32_test"])
+    low, high = card["accuracy"]["artifact_test_interval"]  # 95 % Wilson over n test samples
+    assert low < card["accuracy"]["artifact_test"] < high and high - low < 0.2
     assert card["params"] <= card["params_before_compaction"]
     assert (out / "ticket" / "weights.pt").is_file()
     # the optuna CLI reads the same storage
