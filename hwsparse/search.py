@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -40,7 +41,7 @@ from torch import nn
 
 from hwsparse import masks as M
 from hwsparse import train as T
-from hwsparse.cost.budget import BudgetCutter, check_floors, floors
+from hwsparse.cost.budget import BudgetCutter, check_floors, floors, largest_fitting_density
 from hwsparse.cost.estimate import Budget, CostReport, estimate
 from hwsparse.cost.profiles import DeviceProfile, load_profile
 from hwsparse.data import Dataset, load_dataset
@@ -526,6 +527,60 @@ def directions_for(
     return [up, down], ["val_accuracy", "mflops"]
 
 
+SAMPLERS = ("tpe", "tpe-group", "gp", "random")
+PRUNERS = ("median", "hyperband", "none")
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler, by name (``tpe`` is the default; benchmarks/search compares them).
+
+    - ``tpe``: Optuna's TPE (multivariate over the knobs every trial has, the conditional ones
+      independently), 5 random startup trials (Optuna's default, 10, is too late for short
+      studies);
+    - ``tpe-group``: the same with ``group=True``: conditional knobs modelled jointly within
+      the groups of trials that have them;
+    - ``gp``: Optuna's GPSampler (Gaussian process, constraint-aware);
+    - ``random``: RandomSampler, the baseline.
+    Samplers are not stored with a study: each run rebuilds one, seeded by how far the study
+    is, so a resumed run or a second worker does not replay the first one's startup trials.
+    """
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    if name == "tpe-group":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=5, multivariate=True, group=True
+            )
+    if name == "gp":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise InputError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """How a budget study stops trials early, on validation accuracy per ticket epoch.
+
+    - ``median`` (default): below the median of the completed trials at the same epoch, from
+      epoch ``PRUNE_WARMUP`` and with ``PRUNE_PEERS`` completed trials;
+    - ``hyperband``: Optuna's HyperbandPruner (successive halving over brackets: many
+      candidates get few epochs, the best get all);
+    - ``none``: every trial trains to the end.
+    """
+    if name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=PRUNE_PEERS, n_warmup_steps=PRUNE_WARMUP
+        )
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=PRUNE_WARMUP)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise InputError(f"unknown pruner {name!r}; valid: {', '.join(PRUNERS)}")
+
+
 def run_search(
     study_name: str,
     storage: Storage,
@@ -542,14 +597,18 @@ def run_search(
     in_total: bool = False,
     on_trial_start: Callable[[int], None] | None = None,
     enqueue: list[dict[str, Any]] | None = None,
+    design: bool = True,
+    pruner: str = "median",
 ) -> SearchOutcome:
     """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s).
 
     With ``in_total``, ``trials`` is what the study should have in all: only the missing ones
-    run (none when it has them; :func:`count_finished` counts). ``sampler`` is ``tpe`` (the
-    default) or ``random`` (a baseline for benchmarks). ``on_trial_start(number)`` is called
-    as each trial begins, ``on_epoch`` after each of its training epochs. ``enqueue``: params
-    of the first trials (``--warm-start``), queued when the study has no trial yet.
+    run (none when it has them; :func:`count_finished` counts). ``sampler`` and ``pruner``:
+    see :func:`make_sampler` and :func:`make_pruner` (the defaults are what benchmarks/search
+    chose). ``on_trial_start(number)`` is called as each trial begins, ``on_epoch`` after
+    each of its training epochs. ``enqueue``: params of the first trials (``--warm-start``),
+    queued when the study has no trial yet; without it, ``design`` queues
+    :func:`initial_design` instead.
     """
     if trials < 1:
         raise InputError(f"--trials must be >= 1 (got {trials})")
@@ -584,26 +643,18 @@ def run_search(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metrics)  # shown by optuna-dashboard and the optuna CLI
     retried = recover_interrupted(study)
-    if enqueue and not study.trials:
-        for params in enqueue:
-            study.enqueue_trial(params, user_attrs={"warm_start": True})
     before = count_finished(study)
     to_run = max(0, trials - before) if in_total else trials
-    # Samplers are not stored: rebuild one, seeded by how far the study is, so a resumed run
-    # or a second worker does not replay the first one's startup trials.
-    # TPE models the space after 5 random trials (Optuna's default is 10: too late for short
-    # studies; benchmarks/search measures the effect).
-    seed = config.seed + len(study.trials)
-    if sampler == "random":
-        study.sampler = optuna.samplers.RandomSampler(seed=seed)
-    elif sampler == "tpe":
-        study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
-    else:
-        raise InputError(f"unknown sampler {sampler!r}; valid: random, tpe")
-    if config.objective == "budget":
-        study.pruner = optuna.pruners.MedianPruner(
-            n_startup_trials=PRUNE_PEERS, n_warmup_steps=PRUNE_WARMUP
+    if not study.trials:  # first trials, as many as this run will do (none left waiting)
+        factory = lambda: build_model(config.model, data.input_shape, data.num_classes)  # noqa: E731
+        first = enqueue or (
+            initial_design(config, space, profile, factory, data.input_shape) if design else []
         )
+        for params in first[:to_run]:
+            study.enqueue_trial(params, user_attrs={"warm_start": True})
+    study.sampler = make_sampler(sampler, config.seed + len(study.trials))
+    if config.objective == "budget":
+        study.pruner = make_pruner(pruner)
     objective = Objective(
         config, space, data, profile, storage, device, metrics, on_epoch, on_trial_start
     )
@@ -664,6 +715,64 @@ def importance(study: optuna.Study) -> dict[str, float]:
     if not total > 0:
         return {}
     return {k: round(v / total, 4) for k, v in imp.items()}
+
+
+DESIGN_FRACTIONS = (1.0, 0.5, 0.25)  # first trials: these fractions of the largest density
+
+
+def initial_design(
+    config: SearchConfig,
+    space: SearchSpace,
+    profile: DeviceProfile,
+    factory: Callable[[], nn.Module],
+    input_shape: tuple[int, ...],
+) -> list[dict[str, Any]]:
+    """Known-good first trials: the default regularizer (:class:`hwsparse.train.TicketConfig`'s
+    penalty and mask lr, the penalty's default eps, projected masks), for each granularity the
+    space offers, at :data:`DESIGN_FRACTIONS` of the largest density that fits the budget
+    (:func:`hwsparse.cost.budget.largest_fitting_density`), clipped to the space's density range.
+
+    Ordered densest first, the granularities taking turns, so that a short run still tries
+    both. Only knobs the space searches are set (the sampler fills in the rest); a granularity
+    that fits at no density gets no point. Empty when the space does not search the density.
+    """
+    params = {p.name: p for p in space.params}
+    density = params.get("density")
+    if density is None or density.low is None or density.high is None:
+        return []
+    default = {
+        "binarize": "density",
+        "penalty": T.TicketConfig.penalty,
+        "eps_factor": 1.0,
+        "mask_lr": T.TicketConfig.mask_lr,
+        "param": M.MaskConfig.param,
+    }
+    regularizer = {k: v for k, v in default.items() if k in params and fits_param(params[k], v)}
+    searched = params.get("granularity")
+    fixed = dict(space.fixed).get("granularity", M.MaskConfig.granularity)
+    kinds = list(searched.choices) if searched and searched.choices else [fixed]
+    tops: dict[str, float | None] = {}
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        for kind in kinds:
+            try:
+                tops[kind] = largest_fitting_density(
+                    profile, config.budget, input_shape, factory, kind
+                )
+            except InputError:  # the model cannot take these masks: its trials will say so
+                tops[kind] = None
+    design: list[dict[str, Any]] = []
+    for fraction in DESIGN_FRACTIONS:  # densest first, granularities taking turns
+        for kind, top in tops.items():
+            if top is None:
+                continue
+            point = {**regularizer, "density": min(max(top * fraction, density.low),
+                                                   density.high)}  # fmt: skip
+            if searched is not None:
+                point["granularity"] = kind
+            if point not in design:
+                design.append(point)
+    return design
 
 
 WARM_START_TRIALS = 3  # distinct regularizer settings a finished study seeds a new one with

@@ -16,6 +16,10 @@ from typer.testing import CliRunner
 from hwsparse import search
 from hwsparse import storage as stores
 from hwsparse.cli import app
+from hwsparse.cost.estimate import Budget
+from hwsparse.cost.profiles import load_profile
+from hwsparse.models import build_model
+from hwsparse.space import load_space
 from hwsparse.stats import interval_or_none, wilson_interval
 
 runner = CliRunner()
@@ -120,3 +124,39 @@ def test_show_importance_and_intervals(source: Path) -> None:
     r = runner.invoke(app, ["show", "src", "--storage", str(source), "--importance"])
     assert r.exit_code == 0 and "What mattered" in r.stdout
     assert "95 % Wilson" in r.stdout
+
+
+def test_initial_design_queues_the_default_regularizer_where_it_fits(tmp_path: Path) -> None:
+    """A new study starts with the default regularizer at fractions of the largest density
+    that fits, for each granularity that can fit; the cost model places them, so they fit."""
+    space = search.apply_epochs(load_space("default"), 1)
+    budget = Budget(latency_ms=0.18, weight_kb=64.0)
+    config = search.SearchConfig(dataset="digits", model="mlp", target="raspberry-pi-4",
+                                 budget=budget, space=space.as_dict())  # fmt: skip
+    design = search.initial_design(config, space, load_profile("raspberry-pi-4"),
+                                   lambda: build_model("mlp", (64,), 10), (64,))  # fmt: skip
+    assert {p["granularity"] for p in design} == {"weight", "channel"}
+    for p in design:
+        assert (p["penalty"], p["param"], p["eps_factor"]) == ("log", "projected", 1.0)
+    channel = [p["density"] for p in design if p["granularity"] == "channel"]
+    assert channel == sorted(channel, reverse=True) and len(channel) == 3
+    assert [p["granularity"] for p in design[:2]] == ["weight", "channel"]  # both, early
+    storage = stores.open_storage(tmp_path / "d.journal", create=True)
+    outcome = search.run_search("d", storage, config, space, trials=len(design), device="cpu")
+    ran = sorted(outcome.study.trials, key=lambda t: t.number)
+    assert [t.params["density"] for t in ran] == [p["density"] for p in design]
+    assert all(t.user_attrs["warm_start"] for t in ran)
+    assert all(search.feasible(t) for t in ran if t.state == TrialState.COMPLETE)
+    none = search.run_search("n", storage, config, space, trials=1, device="cpu", design=False)
+    assert not none.study.trials[0].user_attrs.get("warm_start")
+    short = search.run_search("short", storage, config, space, trials=2, device="cpu")
+    assert len(short.study.trials) == 2  # the design is cut to the run: nothing left waiting
+
+
+def test_a_budget_no_granularity_meets_gets_no_design() -> None:
+    space = load_space("default")
+    config = search.SearchConfig(dataset="digits", model="mlp", target="nrf52840",
+                                 budget=Budget(latency_ms=0.3))  # fmt: skip
+    design = search.initial_design(config, space, load_profile("nrf52840"),
+                                   lambda: build_model("mlp", (64,), 10), (64,))  # fmt: skip
+    assert design == []
