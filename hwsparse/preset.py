@@ -185,7 +185,7 @@ def apply_to_space(
     values = preset.values()
     if warm_start:
         params = {p.name: p for p in space.params}
-        first = {k: v for k, v in values.items() if k in params and _fits(params[k], v)}
+        first = {k: v for k, v in values.items() if k in params and fits_param(params[k], v)}
         return space, first or None
     # the preset is a density-mode regularizer: top-k to the density the search decides
     drop = {*values, "binarize", "threshold"}
@@ -198,8 +198,8 @@ def apply_to_space(
     return replace(space, params=keep, fixed=tuple(fixed.items())), None
 
 
-def _fits(p: Param, value: Any) -> bool:
-    """Optuna enqueues only values inside the searched distribution."""
+def fits_param(p: Param, value: Any) -> bool:
+    """Whether ``value`` lies in ``p``'s distribution (Optuna enqueues only such values)."""
     if p.choices is not None:
         return value in p.choices
     assert p.low is not None and p.high is not None

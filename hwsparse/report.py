@@ -6,7 +6,6 @@ Plain data in, plain data or rich tables out; the CLI decides where they are pri
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
 from hwsparse._files import atomic_write
-from hwsparse.search import CONFIG_ATTR, PICK_ATTR, closest, feasible, pick
+from hwsparse.search import CONFIG_ATTR, PICK_ATTR, closest, feasible, importance, pick
+from hwsparse.stats import interval_or_none
 
 # --- rows ----------------------------------------------------------------------------------------
 
@@ -29,6 +29,8 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "params": t.params,
         "val_accuracy": a.get("val_accuracy"),  # at the target's dtype (what ships)
         "val_accuracy_fp32": a.get("val_accuracy_fp32"),
+        "val_samples": a.get("val_samples"),
+        "val_accuracy_interval": interval_or_none(a.get("val_accuracy"), a.get("val_samples")),
         "dtype": a.get("dtype"),
         "density": a.get("density"),
         "flops": a.get("flops"),
@@ -96,6 +98,8 @@ def pick_row(chosen: FrozenTrial | None, stored: dict[str, Any]) -> dict[str, An
     same = stored.get("trial") == chosen.number
     row["test_accuracy"] = stored.get("test_accuracy") if same else None
     row["test_accuracy_fp32"] = stored.get("test_accuracy_fp32") if same else None
+    row["test_samples"] = stored.get("test_samples") if same else None
+    row["test_accuracy_interval"] = interval_or_none(row["test_accuracy"], row["test_samples"])
     return row
 
 
@@ -123,6 +127,15 @@ def _not_trained(row: dict[str, Any]) -> bool:
 
 def _pct(x: Any) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def _acc(row: dict[str, Any], key: str) -> str:
+    """An accuracy in percent with its 95 % interval and sample count (hwsparse.stats)."""
+    text = f"{_pct(row.get(key))} %"
+    interval, n = row.get(f"{key}_interval"), row.get(key.replace("accuracy", "samples"))
+    if interval is not None:
+        text += f" \\[{100 * interval[0]:.1f}-{100 * interval[1]:.1f}, n={n}]"
+    return text
 
 
 def _ms(row: dict[str, Any]) -> str:
@@ -232,13 +245,11 @@ def pick_table(info: dict[str, Any]) -> Table:
     if _not_trained(row):
         t.add_row("val accuracy", "not trained (over budget at any density)")
     else:
-        t.add_row(f"val accuracy ({dtype}, as deployed)", f"{_pct(row['val_accuracy'])} %")
+        t.add_row(f"val accuracy ({dtype}, as deployed)", _acc(row, "val_accuracy"))
         if row.get("val_accuracy_fp32") is not None and dtype != "fp32":
             t.add_row("val accuracy (fp32)", f"{_pct(row['val_accuracy_fp32'])} %")
     if picked:
-        t.add_row(
-            f"test accuracy ({dtype}, evaluated once)", f"{_pct(row.get('test_accuracy'))} %"
-        )
+        t.add_row(f"test accuracy ({dtype}, evaluated once)", _acc(row, "test_accuracy"))
     t.add_row("achieved density", f"{row['density']:.4f}")
     if row.get("strength_final") is not None:
         t.add_row("λ, penalty strength at the end", f"{row['strength_final']:.3g}")
@@ -249,6 +260,26 @@ def pick_table(info: dict[str, Any]) -> Table:
     if row.get("ram_bytes") is not None:
         t.add_row("RAM (--ram-kb checks)", f"{row['ram_bytes'] / 1024:.1f} KiB")
     t.add_row("fits budget", _fits(row))
+    if row.get("val_accuracy_interval") is not None:
+        t.caption = (t.caption + "; " if t.caption else "") + (
+            "\\[low-high]: 95 % Wilson interval of the accuracy on n samples"
+        )
+        t.caption_justify = "left"
+    return t
+
+
+def importance_table(shares: dict[str, float], study: optuna.Study) -> Table:
+    """Parameter importances (:func:`hwsparse.search.importance`) as a table."""
+    n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    t = Table(title="What mattered", title_justify="left", caption_justify="left",
+              caption=f"share of the importance for val accuracy (PED-ANOVA, {n} completed "
+              "trials)")  # fmt: skip
+    t.add_column("knob")
+    t.add_column("share", justify="right")
+    if not shares:
+        t.add_row("needs at least 4 completed trials", "—")
+    for k, v in shares.items():
+        t.add_row(k, f"{100 * v:.0f} %")
     return t
 
 
@@ -376,26 +407,17 @@ def _scatter_panel(
 
 
 def _importance_panel(study: optuna.Study, ax: Any) -> None:
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     ax.set_title(f"parameter importance for val accuracy\n(PED-ANOVA, {len(done)} trials)",
                  fontsize=10)  # fmt: skip
-    try:
-        with warnings.catch_warnings():
-            # the evaluator warns that it ranks for low targets: we negate accuracy for that,
-            # and that few trials make importances rough (the panel title says so)
-            warnings.simplefilter("ignore")
-            imp = optuna.importance.get_param_importances(
-                study, target=lambda t: -float(t.user_attrs.get("val_accuracy", 0.0))
-            )
-    except (RuntimeError, ValueError, ZeroDivisionError):
-        imp = {}
-    if len(done) < 4 or not imp:
+    imp = importance(study)
+    if not imp:
         ax.text(0.5, 0.5, "needs more completed trials", ha="center", va="center")
         ax.set_axis_off()
         return
     names = list(imp)[::-1]
     ax.barh(names, [imp[n] for n in names], color="tab:green")
-    ax.set_xlabel("relative importance")
+    ax.set_xlabel("share of importance")
 
 
 # --- export card ---------------------------------------------------------------------------------
@@ -424,8 +446,12 @@ def export_table(card: dict[str, Any], out: str) -> Table:
     )
     t.add_row("latency ms", _ms(est), r"profile estimate \[band], batch 1")
     t.add_row("FLOPs", f"{est['flops']:,}", "1 multiply-add = 1 flop")
+    band = acc.get("artifact_test_interval")
+    where = f"{card['runtime_verified']}, {acc['n']} samples of {acc['dataset']}"
+    if band is not None:
+        where += f"; 95 % interval {100 * band[0]:.1f}-{100 * band[1]:.1f} %"
     t.add_row(f"test accuracy ({card['dtype']} artifact)", f"{_pct(acc['artifact_test'])} %",
-              f"{card['runtime_verified']}, {acc['n']} samples of {acc['dataset']}")  # fmt: skip
+              where)  # fmt: skip
     t.add_row("test accuracy (fp32 torch)", f"{_pct(acc['fp32_test'])} %", "compacted network")
     t.add_row(
         "test accuracy (simulated)", f"{_pct(acc['simulated_test'])} %", "what the search scored"

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -40,7 +41,7 @@ from torch import nn
 
 from hwsparse import masks as M
 from hwsparse import train as T
-from hwsparse.cost.budget import BudgetCutter, check_floors, floors
+from hwsparse.cost.budget import BudgetCutter, check_floors, floors, largest_fitting_density
 from hwsparse.cost.estimate import Budget, CostReport, estimate
 from hwsparse.cost.profiles import DeviceProfile, load_profile
 from hwsparse.data import Dataset, load_dataset
@@ -48,6 +49,7 @@ from hwsparse.deploy.quantize import accuracy, calibration_batch, simulate
 from hwsparse.errors import InputError
 from hwsparse.models import build_model
 from hwsparse.penalties import get_penalty
+from hwsparse.preset import REGULARIZER_KNOBS, fits_param
 from hwsparse.space import SearchSpace
 from hwsparse.storage import (
     WORKER_LOCK_ATTR,
@@ -303,6 +305,7 @@ class Objective:
         attrs: dict[str, Any] = {
             "val_accuracy": val_accuracy,
             "val_accuracy_fp32": result.val_accuracy,
+            "val_samples": len(self.data.y_val),  # its binomial interval: hwsparse.stats
             "dtype": self.dtype,
             "density": result.density,
             "flops": report.flops,
@@ -524,6 +527,60 @@ def directions_for(
     return [up, down], ["val_accuracy", "mflops"]
 
 
+SAMPLERS = ("tpe", "tpe-group", "gp", "random")
+PRUNERS = ("median", "hyperband", "none")
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler, by name (``tpe`` is the default; benchmarks/search compares them).
+
+    - ``tpe``: Optuna's TPE (multivariate over the knobs every trial has, the conditional ones
+      independently), 5 random startup trials (Optuna's default, 10, is too late for short
+      studies);
+    - ``tpe-group``: the same with ``group=True``: conditional knobs modelled jointly within
+      the groups of trials that have them;
+    - ``gp``: Optuna's GPSampler (Gaussian process, constraint-aware);
+    - ``random``: RandomSampler, the baseline.
+    Samplers are not stored with a study: each run rebuilds one, seeded by how far the study
+    is, so a resumed run or a second worker does not replay the first one's startup trials.
+    """
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    if name == "tpe-group":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=5, multivariate=True, group=True
+            )
+    if name == "gp":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise InputError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """How a budget study stops trials early, on validation accuracy per ticket epoch.
+
+    - ``median`` (default): below the median of the completed trials at the same epoch, from
+      epoch ``PRUNE_WARMUP`` and with ``PRUNE_PEERS`` completed trials;
+    - ``hyperband``: Optuna's HyperbandPruner (successive halving over brackets: many
+      candidates get few epochs, the best get all);
+    - ``none``: every trial trains to the end.
+    """
+    if name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=PRUNE_PEERS, n_warmup_steps=PRUNE_WARMUP
+        )
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=PRUNE_WARMUP)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise InputError(f"unknown pruner {name!r}; valid: {', '.join(PRUNERS)}")
+
+
 def run_search(
     study_name: str,
     storage: Storage,
@@ -539,15 +596,19 @@ def run_search(
     sampler: str = "tpe",
     in_total: bool = False,
     on_trial_start: Callable[[int], None] | None = None,
-    enqueue: dict[str, Any] | None = None,
+    enqueue: list[dict[str, Any]] | None = None,
+    design: bool = True,
+    pruner: str = "median",
 ) -> SearchOutcome:
     """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s).
 
     With ``in_total``, ``trials`` is what the study should have in all: only the missing ones
-    run (none when it has them; :func:`count_finished` counts). ``sampler`` is ``tpe`` (the
-    default) or ``random`` (a baseline for benchmarks). ``on_trial_start(number)`` is called
-    as each trial begins, ``on_epoch`` after each of its training epochs. ``enqueue``: params
-    of a first trial (``--preset --warm-start``), queued when the study has no trial yet.
+    run (none when it has them; :func:`count_finished` counts). ``sampler`` and ``pruner``:
+    see :func:`make_sampler` and :func:`make_pruner` (the defaults are what benchmarks/search
+    chose). ``on_trial_start(number)`` is called as each trial begins, ``on_epoch`` after
+    each of its training epochs. ``enqueue``: params of the first trials (``--warm-start``),
+    queued when the study has no trial yet; without it, ``design`` queues
+    :func:`initial_design` instead.
     """
     if trials < 1:
         raise InputError(f"--trials must be >= 1 (got {trials})")
@@ -582,25 +643,18 @@ def run_search(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metrics)  # shown by optuna-dashboard and the optuna CLI
     retried = recover_interrupted(study)
-    if enqueue and not study.trials:
-        study.enqueue_trial(enqueue, user_attrs={"warm_start": True})
     before = count_finished(study)
     to_run = max(0, trials - before) if in_total else trials
-    # Samplers are not stored: rebuild one, seeded by how far the study is, so a resumed run
-    # or a second worker does not replay the first one's startup trials.
-    # TPE models the space after 5 random trials (Optuna's default is 10: too late for short
-    # studies; benchmarks/search measures the effect).
-    seed = config.seed + len(study.trials)
-    if sampler == "random":
-        study.sampler = optuna.samplers.RandomSampler(seed=seed)
-    elif sampler == "tpe":
-        study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
-    else:
-        raise InputError(f"unknown sampler {sampler!r}; valid: random, tpe")
-    if config.objective == "budget":
-        study.pruner = optuna.pruners.MedianPruner(
-            n_startup_trials=PRUNE_PEERS, n_warmup_steps=PRUNE_WARMUP
+    if not study.trials:  # first trials, as many as this run will do (none left waiting)
+        factory = lambda: build_model(config.model, data.input_shape, data.num_classes)  # noqa: E731
+        first = enqueue or (
+            initial_design(config, space, profile, factory, data.input_shape) if design else []
         )
+        for params in first[:to_run]:
+            study.enqueue_trial(params, user_attrs={"warm_start": True})
+    study.sampler = make_sampler(sampler, config.seed + len(study.trials))
+    if config.objective == "budget":
+        study.pruner = make_pruner(pruner)
     objective = Objective(
         config, space, data, profile, storage, device, metrics, on_epoch, on_trial_start
     )
@@ -637,6 +691,138 @@ def run_search(
         ran=ran,
         total=count_finished(study),
     )
+
+
+def importance(study: optuna.Study) -> dict[str, float]:
+    """Which knobs mattered for validation accuracy: Optuna's parameter importances (its default
+    evaluator, PED-ANOVA, over completed trials), as shares summing to 1, most important first.
+    Empty with fewer than 4 completed trials, where the estimate is noise.
+
+    PED-ANOVA ranks the parameters that lead to *low* values of a custom target, so the target
+    is minus the accuracy."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < 4:
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its note on custom targets: handled as above
+            imp = optuna.importance.get_param_importances(
+                study, target=lambda t: -float(t.user_attrs.get("val_accuracy") or 0.0)
+            )
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}
+    total = sum(imp.values())
+    if not total > 0:
+        return {}
+    return {k: round(v / total, 4) for k, v in imp.items()}
+
+
+DESIGN_FRACTIONS = (1.0, 0.5, 0.25)  # first trials: these fractions of the largest density
+
+
+def initial_design(
+    config: SearchConfig,
+    space: SearchSpace,
+    profile: DeviceProfile,
+    factory: Callable[[], nn.Module],
+    input_shape: tuple[int, ...],
+) -> list[dict[str, Any]]:
+    """Known-good first trials: the default regularizer (:class:`hwsparse.train.TicketConfig`'s
+    penalty and mask lr, the penalty's default eps, projected masks), for each granularity the
+    space offers, at :data:`DESIGN_FRACTIONS` of the largest density that fits the budget
+    (:func:`hwsparse.cost.budget.largest_fitting_density`), clipped to the space's density range.
+
+    Ordered densest first, the granularities taking turns, so that a short run still tries
+    both. Only knobs the space searches are set (the sampler fills in the rest); a granularity
+    that fits at no density gets no point. Empty when the space does not search the density.
+    """
+    params = {p.name: p for p in space.params}
+    density = params.get("density")
+    if density is None or density.low is None or density.high is None:
+        return []
+    default = {
+        "binarize": "density",
+        "penalty": T.TicketConfig.penalty,
+        "eps_factor": 1.0,
+        "mask_lr": T.TicketConfig.mask_lr,
+        "param": M.MaskConfig.param,
+    }
+    regularizer = {k: v for k, v in default.items() if k in params and fits_param(params[k], v)}
+    searched = params.get("granularity")
+    fixed = dict(space.fixed).get("granularity", M.MaskConfig.granularity)
+    kinds = list(searched.choices) if searched and searched.choices else [fixed]
+    tops: dict[str, float | None] = {}
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        for kind in kinds:
+            try:
+                tops[kind] = largest_fitting_density(
+                    profile, config.budget, input_shape, factory, kind
+                )
+            except InputError:  # the model cannot take these masks: its trials will say so
+                tops[kind] = None
+    design: list[dict[str, Any]] = []
+    for fraction in DESIGN_FRACTIONS:  # densest first, granularities taking turns
+        for kind, top in tops.items():
+            if top is None:
+                continue
+            point = {**regularizer, "density": min(max(top * fraction, density.low),
+                                                   density.high)}  # fmt: skip
+            if searched is not None:
+                point["granularity"] = kind
+            if point not in design:
+                design.append(point)
+    return design
+
+
+WARM_START_TRIALS = 3  # distinct regularizer settings a finished study seeds a new one with
+
+
+def warm_start_from(
+    source: optuna.Study, config: SearchConfig, space: SearchSpace
+) -> list[dict[str, Any]]:
+    """The regularizer settings of ``source`` to try first in a new study of ``config``.
+
+    ``source`` is a finished ``hwsparse search`` or ``hwsparse tune`` study on the same dataset
+    and model (refused otherwise). Its trained, completed trials (for a search: those that fit
+    its budget first), best validation accuracy first, give up to :data:`WARM_START_TRIALS`
+    distinct settings of the regularizer knobs (:data:`hwsparse.preset.REGULARIZER_KNOBS`)
+    that the new space searches, each inside the new space's range. Density and granularity
+    are not carried over: the new target's budget decides them.
+    """
+    made = source.user_attrs.get(CONFIG_ATTR) or {}
+    for key in ("dataset", "model"):
+        if made.get(key) != getattr(config, key):
+            raise InputError(
+                f"--warm-start study {source.study_name!r} is on {key} {made.get(key)!r}, this "
+                f"search on {getattr(config, key)!r}; warm-start from a study on the same "
+                "dataset and model"
+            )
+    done = [
+        t
+        for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("val_accuracy") is not None and t.user_attrs.get("status") != "skipped"
+    ]
+    tune = made.get("kind") == "tune"  # no budget: every trial counts as fitting
+    done.sort(key=lambda t: (not (tune or feasible(t)), -float(t.user_attrs["val_accuracy"])))
+    params = {p.name: p for p in space.params}
+    firsts: list[dict[str, Any]] = []
+    for t in done:
+        values = {
+            k: v
+            for k, v in t.params.items()
+            if k in REGULARIZER_KNOBS and k in params and fits_param(params[k], v)
+        }
+        if values and values not in firsts:
+            firsts.append(values)
+        if len(firsts) == WARM_START_TRIALS:
+            break
+    if not firsts:
+        raise InputError(
+            f"--warm-start study {source.study_name!r} has no completed trial with regularizer "
+            "settings this search space searches; run it longer or warm-start from another"
+        )
+    return firsts
 
 
 # --- picking -------------------------------------------------------------------------------------
@@ -695,6 +881,12 @@ def pick_and_test(
     acc, fp32 = accuracy(deployed, x, y), accuracy(ticket.model, x, y)
     study.set_user_attr(
         PICK_ATTR,
-        {"trial": chosen.number, "test_accuracy": acc, "test_accuracy_fp32": fp32, "dtype": dtype},
+        {
+            "trial": chosen.number,
+            "test_accuracy": acc,
+            "test_accuracy_fp32": fp32,
+            "test_samples": len(y),
+            "dtype": dtype,
+        },
     )
     return chosen, acc

@@ -390,26 +390,6 @@ def run_tune(
 # --- the answer ----------------------------------------------------------------------------------
 
 
-def importance(study: optuna.Study) -> dict[str, float]:
-    """Optuna's parameter importances for validation accuracy (shares summing to 1); empty
-    with too few completed trials."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(done) < 2:
-        return {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            imp = optuna.importance.get_param_importances(
-                study, target=lambda t: float(t.user_attrs.get("val_accuracy") or 0.0)
-            )
-    except (RuntimeError, ValueError, ZeroDivisionError):
-        return {}
-    total = sum(imp.values())
-    if not total > 0:
-        return {}
-    return {k: round(v / total, 4) for k, v in imp.items()}
-
-
 def _stats(results: list[T.RunResult]) -> dict[str, Any]:
     acc = [r.test_accuracy for r in results if r.status == "ok"]
     return {
@@ -439,7 +419,7 @@ def evidence(
     best = best_trial(study)
     if best is None:
         return None
-    shares = importance(study)
+    shares = S.importance(study)
     stored = study.user_attrs.get(RESULT_ATTR) or {}
     if stored.get("best", {}).get("trial") == best.number and stored.get("seeds") == seeds:
         return {**stored, "importance": shares, "n_complete": _n_complete(study)}

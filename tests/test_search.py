@@ -40,10 +40,13 @@ def _config(**kw: object) -> search.SearchConfig:
 
 
 def _run(tmp: Path, trials: int = 3, **kw: object) -> search.SearchOutcome:
+    """A short study from sampled trials (no initial design: tests/test_selection.py)."""
     config = _config(**kw)
     space = search.apply_epochs(load_space("default"), 1)
     storage = stores.open_storage(tmp / "s.journal", create=True)
-    return search.run_search("s", storage, config, space, trials=trials, device="cpu")
+    return search.run_search(
+        "s", storage, config, space, trials=trials, device="cpu", design=False
+    )
 
 
 def test_search_records_trials_and_picks_a_feasible_ticket(tmp_path: Path) -> None:
@@ -115,11 +118,13 @@ def test_interrupted_trial_is_rerun_on_resume(tmp_path: Path) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        search.run_search("s", storage, config, space, trials=2, device="cpu", on_epoch=ctrl_c)
+        search.run_search(
+            "s", storage, config, space, trials=2, device="cpu", on_epoch=ctrl_c, design=False
+        )
     study = stores.load_study("s", storage)
     (first,) = study.trials
     assert first.state == TrialState.FAIL and first.user_attrs["interrupted"]
-    outcome = search.run_search("s", storage, config, space, trials=1, device="cpu")
+    outcome = search.run_search("s", storage, config, space, trials=1, device="cpu", design=False)
     assert outcome.retried == [first.number]
     rerun = outcome.study.trials[-1]
     assert rerun.params == first.params and rerun.state == TrialState.COMPLETE
@@ -231,6 +236,8 @@ def test_cli_search_show_plot_export(tmp_path: Path) -> None:
     assert (card["format"], card["dtype"]) == ("tflite", "fp32")
     assert (out / card["artifact"]).stat().st_size == card["artifact_bytes"]
     assert card["accuracy"]["artifact_test"] == pytest.approx(card["accuracy"]["fp32_test"])
+    low, high = card["accuracy"]["artifact_test_interval"]  # 95 % Wilson over n test samples
+    assert low < card["accuracy"]["artifact_test"] < high and high - low < 0.2
     assert card["params"] <= card["params_before_compaction"]
     assert (out / "ticket" / "weights.pt").is_file()
     # the optuna CLI reads the same storage

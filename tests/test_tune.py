@@ -136,7 +136,7 @@ def test_search_with_preset_fixes_or_warm_starts(tuned: tuple[Path, dict]) -> No
         assert {"density", "granularity"} <= set(t.params)  # the budget decides these
     fixed = s.user_attrs[search.CONFIG_ATTR]["space"]["fixed"]
     assert fixed["penalty"] == p.regularizer["penalty"]
-    r = runner.invoke(app, ["search", "--study", "warm", "--warm-start", *st])
+    r = runner.invoke(app, ["search", "--study", "warm", *st[:-2], "--warm-start", st[-1]])
     assert r.exit_code == 0, r.stderr
     first = stores.load_study("warm", store).trials[0]
     assert first.user_attrs.get("warm_start")

@@ -1,8 +1,13 @@
 """Does tuning the regularizer with our study pay off under a device budget?
 
 For each (dataset, model, target, budget) case and seed, three studies of N trials each:
-- ``tpe``: hwsparse search as shipped (TPE, median pruner, budget-aware cut), default space;
-- ``random``: the same pipeline and space with Optuna's RandomSampler;
+- ``tpe``: hwsparse search as shipped (TPE, median pruner, budget-aware cut, the initial design
+  of known-good first trials: ``search.initial_design``), default space;
+- ``tpe-nodesign``: the same without the initial design (the ablation);
+- ``tpe-group``, ``gp``: the same with TPE over conditional groups, or Optuna's GPSampler
+  (``search.make_sampler``); ``tpe-hyperband``: with the HyperbandPruner instead of the median
+  rule (``search.make_pruner``, the multi-fidelity ablation);
+- ``random``: the same pipeline and space with Optuna's RandomSampler, no initial design;
 - ``fixed``: the default regularizer (log penalty, default eps, mask lr, projected masks), only
   the budget knobs (density, granularity) searched, TPE.
 At each checkpoint (10, 20, 40 trials) the pick among the first k trials (most accurate feasible
@@ -38,8 +43,20 @@ CASES = {
     "digits-stm32h7": ("digits", "mlp", "stm32h7", Budget(latency_ms=0.1)),
     "mnist1d-nrf52840": ("mnist1d", "conv1d", "nrf52840", Budget(latency_ms=0.8)),
     "mnist1d-stm32h7": ("mnist1d", "conv1d", "stm32h7", Budget(latency_ms=0.1)),
+    # dense LeNet-5 is 0.303 ms on the Pi 4's estimate, its floor 0.224 ms
+    "mnist10k-rpi4": ("mnist10k", "lenet5", "raspberry-pi-4", Budget(latency_ms=0.25)),
 }
 CHECKPOINTS = (10, 20, 40)
+# method -> (sampler, initial design, pruner); "fixed" also narrows the space (fixed_space)
+METHODS = {
+    "tpe": ("tpe", True, "median"),
+    "tpe-nodesign": ("tpe", False, "median"),
+    "tpe-group": ("tpe-group", True, "median"),
+    "gp": ("gp", True, "median"),
+    "tpe-hyperband": ("tpe", True, "hyperband"),
+    "random": ("random", False, "median"),
+    "fixed": ("tpe", False, "median"),
+}
 
 
 def fixed_space(epochs: int, lr: float | None) -> search.SearchSpace:
@@ -67,10 +84,11 @@ def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Pa
                                  space=space.as_dict(), seed=seed)  # fmt: skip
     storage = stores.open_storage(tmp / f"{case}-{method}-{seed}.journal", create=True)
     name = "bench"
-    sampler = "random" if method == "random" else "tpe"
+    sampler, design, pruner = METHODS[method]
     outcome = search.run_search(
-        name, storage, config, space, trials=trials, device="cpu", sampler=sampler
-    )
+        name, storage, config, space, trials=trials, device="cpu", sampler=sampler,
+        design=design, pruner=pruner,
+    )  # fmt: skip
     study = outcome.study
     data = load_dataset(dataset)
     trials_all = sorted(study.trials, key=lambda t: t.number)
@@ -91,6 +109,9 @@ def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Pa
     done = [t for t in trials_all if t.state == optuna.trial.TrialState.COMPLETE]
     row["train_s_median"] = statistics.median(t.user_attrs["train_seconds"] for t in done)
     row["cost_s_median"] = statistics.median(t.user_attrs["cost_seconds"] for t in done)
+    # ticket epochs trained (pruned trials stop early): the compute a pruner saves
+    row["ticket_epochs"] = sum(len(t.user_attrs.get("val_curve") or []) for t in trials_all)
+    row["importance"] = search.importance(study)
     row["n_feasible"] = sum(search.feasible(t) for t in trials_all)
     row["n_pruned"] = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials_all)
     return row
@@ -123,7 +144,7 @@ def report(path: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", default=",".join(CASES))
-    p.add_argument("--methods", default="tpe,random,fixed")
+    p.add_argument("--methods", default="tpe,tpe-nodesign,random,fixed")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--trials", type=int, default=max(CHECKPOINTS))
     p.add_argument("--epochs", type=int, default=10)

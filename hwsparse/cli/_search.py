@@ -151,11 +151,14 @@ def search_cmd(
         ),
     ] = None,
     warm_start: Annotated[
-        bool,
+        str | None,
         typer.Option(
-            help="With --preset: search the whole space, the preset's values as the first trial."
+            help="Try these regularizer settings first, then search the whole space: a preset "
+            "FILE.yaml (its values as the first trial) or a finished study (search or tune, "
+            "same dataset and model, same --storage) whose best settings seed this one.",
+            metavar="STUDY|FILE.yaml",
         ),
-    ] = False,
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Run or resume a study: the most accurate ticket that fits the device budget.
@@ -174,17 +177,20 @@ def search_cmd(
             raise InputError(f"--trials must be >= 1 (got {trials})")
         tgt, budget, budget_source = _budget(target, latency_ms, flash_kb, ram_kb, max_mflops)
         sp = search.apply_epochs(load_space(space), epochs)
-        first: dict[str, Any] | None = None
-        if warm_start and preset is None:
-            raise InputError("--warm-start needs --preset FILE")
-        if preset is not None:
-            p = load_preset(preset)
+        first: list[dict[str, Any]] | None = None
+        from_file = warm_start is not None and warm_start.endswith((".yaml", ".yml"))
+        if preset is not None and from_file:
+            raise InputError("give --preset FILE (knobs fixed) or --warm-start FILE, not both")
+        preset_file = Path(warm_start) if from_file and warm_start else preset
+        if preset_file is not None:
+            p = load_preset(preset_file)
             for note in p.notes(dataset, model, None):
                 err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
             err.print(f"[yellow]note:[/yellow] {p.source} was tuned at density {p.density:g};"
                       " here the budget decides density and granularity",
                       highlight=False, soft_wrap=True)  # fmt: skip
-            sp, first = apply_to_space(sp, p, warm_start)
+            sp, one = apply_to_space(sp, p, from_file)
+            first = [one] if one else None
         config = search.SearchConfig(
             dataset=dataset,
             model=model,
@@ -195,6 +201,11 @@ def search_cmd(
             seed=seed,
         )
         store = stores.open_storage(storage, create=True)
+        if warm_start is not None and not from_file:
+            if warm_start == study:
+                raise InputError(f"--warm-start {warm_start!r} is the study being run")
+            source = stores.load_study(warm_start, store)
+            first = search.warm_start_from(source, config, sp)
         planned = _planned(store, study, trials, more)
         with StudyBars(f"study {study}", planned, live_progress(as_json), as_json, err) as bars:
             started = [False]
@@ -367,6 +378,13 @@ def studies(storage: StorageOpt = None, as_json: AsJson = False) -> None:
 def show(
     study: Annotated[str, typer.Argument(help="Study name.")],
     storage: StorageOpt = None,
+    importance: Annotated[
+        bool,
+        typer.Option(
+            "--importance",
+            help="Also show which knobs mattered for val accuracy (PED-ANOVA shares).",
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """One study: trials, Pareto front, the pick and its budget status."""
@@ -375,9 +393,11 @@ def show(
         s = stores.load_study(study, store)
         info = report.summary(s)
     pruned = report.pruned_reasons(s)
+    shares = search.importance(s) if importance else None
     if as_json:
         trials = [report.trial_row(t) for t in s.get_trials(deepcopy=False)]
-        print_json({**info, "trials": trials, "pruned": pruned})
+        extra = {} if shares is None else {"importance": shares}
+        print_json({**info, "trials": trials, "pruned": pruned, **extra})
         return
     cfg = info["config"] or {}
     if cfg.get("kind") == "tune":  # no target, no budget: the tune answer instead of a pick
@@ -400,6 +420,8 @@ def show(
         f"Pareto front (feasible; val accuracy, latency, FLOPs): trials {info['pareto_front']}"
     )
     out.print(report.pick_table(info))
+    if shares is not None:
+        out.print(report.importance_table(shares, s))
 
 
 @app.command()

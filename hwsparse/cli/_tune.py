@@ -11,9 +11,9 @@ import typer
 from optuna.trial import FrozenTrial
 from rich.table import Table
 
+from hwsparse import search, tune
 from hwsparse import storage as stores
 from hwsparse import train as T
-from hwsparse import tune
 from hwsparse.cli import app
 from hwsparse.cli._common import (
     AsJson,
@@ -265,7 +265,7 @@ def show_tune(study: optuna.Study, cfg: dict[str, Any]) -> None:
     if answer is None:
         out.print("no answer yet: run `hwsparse tune` with this --study to finish it")
         return
-    answer = {**answer, "importance": tune.importance(study),
+    answer = {**answer, "importance": search.importance(study),
               "n_complete": tune._n_complete(study)}  # fmt: skip
     out.print(tune_table(answer))
     for line in tune_lines(answer):

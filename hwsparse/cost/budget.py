@@ -137,6 +137,32 @@ class BudgetCutter:
         return self.budget.fits(estimate(plain, self.input_shape, self.profile, masks))
 
 
+def largest_fitting_density(
+    profile: DeviceProfile,
+    budget: Budget,
+    input_shape: tuple[int, ...],
+    factory: Callable[[], nn.Module],
+    granularity: str,
+) -> float | None:
+    """About the largest density (kept / all Conv+Linear weights) at which a freshly
+    initialised network of ``factory`` fits ``budget`` with ``granularity`` masks, its entries
+    ranked by weight magnitude and cost as :class:`BudgetCutter` ranks them (bisection in log
+    density, within a factor of about 1.04). None when it fits at no density.
+
+    A trained candidate keeps other entries, so its cost at the same density differs somewhat;
+    the cut still applies to it. Used to place the search's first trials where they can fit.
+    """
+    model = factory()
+    M.attach_relaxed(model, M.MaskConfig(granularity=granularity))
+    whole = M.binarize(model)  # every mask starts above the threshold: all ones
+    cutter = BudgetCutter(profile, budget, input_shape, factory)
+    try:
+        cutter(model, whole)
+    except T.SkipTicket:
+        return None
+    return cutter.cut.to_density or M.global_density(plain_copy(model, factory), whole)
+
+
 def _describe(values: dict[str, float], budget: Budget) -> str:
     limits = budget.__dict__
     return ", ".join(f"{k} {v:.4g} > {limits[k]:g}" for k, v in values.items() if v > limits[k])

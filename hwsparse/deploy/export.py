@@ -35,6 +35,7 @@ from hwsparse.deploy.artifacts import FORMATS, ArtifactReport, write_artifact
 from hwsparse.deploy.compact import compact
 from hwsparse.deploy.quantize import accuracy, calibration_batch, check_dtype, simulate
 from hwsparse.errors import InputError, valid_names
+from hwsparse.stats import interval_or_none
 from hwsparse.tickets import Ticket
 
 COMPACT_ATOL = 1e-4  # max |compacted - masked| logits accepted (fp32)
@@ -167,6 +168,7 @@ def _export(
             "fp32_test": artifact.torch_accuracy,
             "simulated_test": simulated,
             "artifact_test": artifact.artifact_accuracy,
+            "artifact_test_interval": interval_or_none(artifact.artifact_accuracy, len(y_test)),
         },
         "agreement": {
             "max_abs_diff": artifact.max_abs_diff,
@@ -203,6 +205,8 @@ def _export(
             "latency_ms": "milliseconds, batch 1, estimated from the device profile",
             "flops": "fvcore count, 1 multiply-add = 1 flop, batch 1, pruned weights removed",
             "accuracy": "fraction of the test split classified correctly",
+            "accuracy_interval": "95 % Wilson score interval [low, high] over the n test "
+            "samples (hwsparse.stats)",
         },
     }
     atomic_write_text(out / CARD_FILE, dumps(card))
