@@ -38,6 +38,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from hwsparse import accel as A
 from hwsparse import masks as M
 from hwsparse import train as T
 from hwsparse.cost.budget import BudgetCutter, check_floors, floors
@@ -117,6 +118,18 @@ def apply_epochs(space: SearchSpace, epochs: int | None) -> SearchSpace:
     return replace(space, params=keep, fixed=tuple(fixed.items()))
 
 
+def apply_batch_size(space: SearchSpace, batch_size: int | None) -> SearchSpace:
+    """``--batch-size N`` fixes the training batch size (samples per step) of every trial."""
+    if batch_size is None:
+        return space
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1 (got {batch_size})")
+    keep = tuple(p for p in space.params if p.name != "batch_size")
+    fixed = dict(space.fixed)
+    fixed.update(batch_size=batch_size)
+    return replace(space, params=keep, fixed=tuple(fixed.items()))
+
+
 # --- suggestions -> configs ----------------------------------------------------------------------
 
 # knob -> (knob it depends on, value that makes it used)
@@ -177,9 +190,14 @@ def _default_parent(parent: str, values: dict[str, Any], params: dict[str, Any])
 
 
 def configs(
-    values: dict[str, Any], seed: int, device: str
+    values: dict[str, Any],
+    seed: int,
+    device: str,
+    precision: str = "auto",
+    deterministic: bool = False,
 ) -> tuple[T.TicketConfig, T.TrainConfig]:
-    """Turn sampled knob values into the engine's configs (unset knobs keep their defaults)."""
+    """Turn sampled knob values into the engine's configs (unset knobs keep their defaults);
+    ``precision`` and ``deterministic`` are the run's, not searched."""
     mask_fields = {"param", "granularity", "mask_first", "mask_last", "temperature", "anneal"}
     mask = M.MaskConfig(**{k: v for k, v in values.items() if k in mask_fields})
     penalty = values.get("penalty", "log")
@@ -199,8 +217,12 @@ def configs(
     else:
         ticket_kw.update(strength=values.get("strength", T.TicketConfig.strength))
     ticket = T.TicketConfig(penalty=penalty, eps=eps, mask=mask, **ticket_kw)
-    train_kw = {k: values[k] for k in ("epochs", "lr", "rewind_steps") if k in values}
-    train = T.TrainConfig(seed=seed, device=device, **train_kw)
+    train_kw = {
+        k: values[k] for k in ("epochs", "lr", "rewind_steps", "batch_size") if k in values
+    }
+    train = T.TrainConfig(
+        seed=seed, device=device, precision=precision, deterministic=deterministic, **train_kw
+    )
     return ticket, train
 
 
@@ -221,8 +243,11 @@ class Objective:
         metrics: list[str],
         on_epoch: T.OnEpoch | None = None,
         on_trial_start: Callable[[int], None] | None = None,
+        precision: str = "auto",
+        deterministic: bool = False,
     ) -> None:
         self.config, self.space, self.data = config, space, data
+        self.precision, self.deterministic = precision, deterministic
         self.profile, self.storage, self.device = profile, storage, device
         self.metrics = metrics
         self.on_epoch = on_epoch
@@ -248,7 +273,13 @@ class Objective:
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number)
         values = suggest(trial, self.space)
-        ticket_cfg, train_cfg = configs(values, self.config.seed + trial.number, self.device)
+        ticket_cfg, train_cfg = configs(
+            values,
+            self.config.seed + trial.number,
+            self.device,
+            self.precision,
+            self.deterministic,
+        )
         cutter = BudgetCutter(
             self.profile, self.config.budget, self.data.input_shape, self.factory
         )
@@ -524,6 +555,14 @@ def directions_for(
     return [up, down], ["val_accuracy", "mflops"]
 
 
+def check_device(device: str, precision: str, worker: int = 0) -> str:
+    """The device worker ``worker`` trains on, with ``precision`` checked for it (bad values
+    raise InputError before any study is opened or trained)."""
+    name = A.worker_device(device, worker)
+    A.select_precision(precision, A.resolve_device(name))
+    return name
+
+
 def run_search(
     study_name: str,
     storage: Storage,
@@ -540,6 +579,9 @@ def run_search(
     in_total: bool = False,
     on_trial_start: Callable[[int], None] | None = None,
     enqueue: dict[str, Any] | None = None,
+    precision: str = "auto",
+    deterministic: bool = False,
+    worker: int = 0,
 ) -> SearchOutcome:
     """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s).
 
@@ -548,12 +590,14 @@ def run_search(
     default) or ``random`` (a baseline for benchmarks). ``on_trial_start(number)`` is called
     as each trial begins, ``on_epoch`` after each of its training epochs. ``enqueue``: params
     of a first trial (``--preset --warm-start``), queued when the study has no trial yet.
+    ``precision`` (``hwsparse.accel.PRECISIONS``) and ``deterministic`` apply to every trial;
+    ``worker`` (0-based) spreads ``auto``/``cuda`` workers over the GPUs.
     """
     if trials < 1:
         raise InputError(f"--trials must be >= 1 (got {trials})")
     if timeout is not None and timeout <= 0:
         raise InputError(f"--timeout must be > 0 seconds (got {timeout})")
-    T.resolve_device(device)
+    device = check_device(device, precision, worker)
     profile = load_profile(config.target)
     data = load_dataset(config.dataset, data_dir)
     dense = build_model(config.model, data.input_shape, data.num_classes)
@@ -602,8 +646,9 @@ def run_search(
             n_startup_trials=PRUNE_PEERS, n_warmup_steps=PRUNE_WARMUP
         )
     objective = Objective(
-        config, space, data, profile, storage, device, metrics, on_epoch, on_trial_start
-    )
+        config, space, data, profile, storage, device, metrics, on_epoch, on_trial_start,
+        precision, deterministic,
+    )  # fmt: skip
     callbacks = [lambda s, t: on_trial(s, t)] if on_trial is not None else []
     ran = 0
 
@@ -692,7 +737,8 @@ def pick_and_test(
         ticket = load_ticket(fetch_ticket(study, chosen, storage, Path(tmp)), model=model)
     x, y = data.x_test.cpu(), data.y_test.cpu()
     deployed = simulate(ticket.model, dtype, calibration_batch(data.x_train))
-    acc, fp32 = accuracy(deployed, x, y), accuracy(ticket.model, x, y)
+    # fp32 through the routine that measured val during training (same batching)
+    acc, fp32 = accuracy(deployed, x, y), A.evaluate(ticket.model, x, y)
     study.set_user_attr(
         PICK_ATTR,
         {"trial": chosen.number, "test_accuracy": acc, "test_accuracy_fp32": fp32, "dtype": dtype},

@@ -18,10 +18,13 @@ from hwsparse import train as T
 from hwsparse.cli import app
 from hwsparse.cli._common import (
     AsJson,
+    BatchSize,
     DataDir,
     Dataset,
+    Deterministic,
     Device,
     Model,
+    Precision,
     StudyBars,
     Threads,
     TrustCode,
@@ -142,6 +145,9 @@ def search_cmd(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler and of the trials.")] = 0,
     device: Device = "auto",
+    precision: Precision = "auto",
+    batch_size: BatchSize = None,
+    deterministic: Deterministic = False,
     threads: Threads = None,
     preset: Annotated[
         Path | None,
@@ -174,6 +180,8 @@ def search_cmd(
             raise InputError(f"--trials must be >= 1 (got {trials})")
         tgt, budget, budget_source = _budget(target, latency_ms, flash_kb, ram_kb, max_mflops)
         sp = search.apply_epochs(load_space(space), epochs)
+        sp = search.apply_batch_size(sp, batch_size)
+        search.check_device(device, precision)
         first: dict[str, Any] | None = None
         if warm_start and preset is None:
             raise InputError("--warm-start needs --preset FILE")
@@ -229,6 +237,8 @@ def search_cmd(
                 on_epoch=on_epoch,
                 on_trial_start=on_trial_start,
                 enqueue=first,
+                precision=precision,
+                deterministic=deterministic,
             )
     if outcome.ran == 0 and more is None:
         err.print(
