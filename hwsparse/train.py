@@ -191,7 +191,7 @@ def resolve_device(name: str) -> torch.device:
     return A.resolve_device(name)
 
 
-def _result(
+def result_of(
     run: Trainer, method: str, model: nn.Module, masks: M.Masks, message: str = ""
 ) -> RunResult:
     """Bake the masks into ``model`` and evaluate it on val and test (the same evaluation)."""
@@ -216,7 +216,7 @@ def _result(
     )
 
 
-def _diverged(run: Trainer, method: str, exc: Diverged) -> RunResult:
+def diverged_result(run: Trainer, method: str, exc: Diverged) -> RunResult:
     return RunResult(
         method=method,
         status="diverged",
@@ -257,7 +257,7 @@ def _guard(method: str, run: Trainer, body: Callable[[], RunResult]) -> RunResul
         with A.deterministic(run.config.deterministic):
             return body()
     except Diverged as exc:
-        return _diverged(run, method, exc)
+        return diverged_result(run, method, exc)
 
 
 # --- the method ----------------------------------------------------------------------------------
@@ -289,27 +289,44 @@ def run_ticket(
         )
         snapshot = found.snapshot
         assert snapshot is not None
-        masks = M.binarize(model, threshold=ticket.threshold, density=ticket.density)
-        message = _density_note(model, masks, ticket.density)
-        if select is not None:
-            try:
-                masks = select(model, masks)
-            except SkipTicket as exc:
-                # Evaluate the binarised search-phase network as it is, without retraining.
-                M.detach_masks(model, bake=False)
-                M.attach_fixed(model, masks)
-                result = _result(run, method, model, masks, str(exc))
-                result.status = "skipped"
-                result.strength_final = found.strength_final
-                return result
+        masks, message, skipped = choose_masks(run, model, ticket, select)
+        if skipped is not None:
+            skipped.strength_final = found.strength_final
+            return skipped
         _rewind(model, snapshot, masks, run)
         kept = M.global_density(model, masks)
         run.fit(model, config.epochs, "ticket", density=lambda: kept)
-        result = _result(run, method, model, masks, message)
+        result = result_of(run, method, model, masks, message)
         result.strength_final = found.strength_final
         return result
 
     return _guard(method, run, body)
+
+
+def choose_masks(
+    run: Trainer,
+    model: nn.Module,
+    ticket: TicketConfig,
+    select: Callable[[nn.Module, M.Masks], M.Masks] | None,
+) -> tuple[M.Masks, str, RunResult | None]:
+    """After the search phase: binarise ``model``'s relaxed masks, let ``select`` cut them.
+
+    Returns the masks, a note on their density, and, when ``select`` raised
+    :class:`SkipTicket`, the result of the binarised search-phase network as it is (not
+    retrained; ``model`` is then baked).
+    """
+    masks = M.binarize(model, threshold=ticket.threshold, density=ticket.density)
+    message = _density_note(model, masks, ticket.density)
+    if select is None:
+        return masks, message, None
+    try:
+        return select(model, masks), message, None
+    except SkipTicket as exc:
+        M.detach_masks(model, bake=False)
+        M.attach_fixed(model, masks)
+        result = result_of(run, ticket.penalty, model, masks, str(exc))
+        result.status = "skipped"
+        return masks, message, result
 
 
 def _density_note(model: nn.Module, masks: M.Masks, target: float | None) -> str:
@@ -340,7 +357,7 @@ def run_dense(
     def body() -> RunResult:
         model = _build(factory, run)
         run.fit(model, config.epochs, "dense")
-        return _result(run, "dense", model, {})
+        return result_of(run, "dense", model, {})
 
     return _guard("dense", run, body)
 
@@ -397,7 +414,7 @@ def run_imp(
             masks = M.top_k_masks(model, scores, scores, current)
             _rewind(model, snapshot, masks, run)
             run.fit(model, config.epochs, f"imp round {r}/{rounds}")
-        return _result(run, "imp", model, masks)
+        return result_of(run, "imp", model, masks)
 
     return _guard("imp", run, body)
 
@@ -446,7 +463,7 @@ def run_magnitude(
         masks = M.top_k_masks(model, scores, scores, density)
         _rewind(model, snapshot, masks, run)
         run.fit(model, config.epochs, "ticket")
-        return _result(run, "magnitude", model, masks)
+        return result_of(run, "magnitude", model, masks)
 
     return _guard("magnitude", run, body)
 
@@ -474,7 +491,7 @@ def run_random(
         M.attach_fixed(model, masks)
         run.silence(model, masks)
         run.fit(model, config.epochs, "ticket")
-        return _result(run, "random", model, masks)
+        return result_of(run, "random", model, masks)
 
     return _guard("random", run, body)
 
@@ -537,7 +554,7 @@ def run_cs(
         masks = M.top_k_masks(model, logits, tie, density)
         _rewind(model, snapshot, masks, run)
         run.fit(model, config.epochs, "ticket")
-        return _result(run, "cs", model, masks)
+        return result_of(run, "cs", model, masks)
 
     return _guard("cs", run, body)
 

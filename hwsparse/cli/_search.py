@@ -148,6 +148,13 @@ def search_cmd(
     precision: Precision = "auto",
     batch_size: BatchSize = None,
     deterministic: Deterministic = False,
+    batch_trials: Annotated[
+        str,
+        typer.Option(
+            help="Trials trained together in one batched population: a number, or auto "
+            "(8 on a CPU; on a GPU as many as fit in memory). 1 trains one at a time."
+        ),
+    ] = "auto",
     threads: Threads = None,
     preset: Annotated[
         Path | None,
@@ -182,6 +189,7 @@ def search_cmd(
         sp = search.apply_epochs(load_space(space), epochs)
         sp = search.apply_batch_size(sp, batch_size)
         search.check_device(device, precision)
+        search.parse_batch_trials(batch_trials, device, precision)
         first: dict[str, Any] | None = None
         if warm_start and preset is None:
             raise InputError("--warm-start needs --preset FILE")
@@ -239,6 +247,7 @@ def search_cmd(
                 enqueue=first,
                 precision=precision,
                 deterministic=deterministic,
+                batch_trials=batch_trials,
             )
     if outcome.ran == 0 and more is None:
         err.print(
