@@ -138,7 +138,10 @@ class Population:
         device: str = "auto",
         precision: str = "auto",
         deterministic: bool = False,
+        forward: str = "auto",
     ) -> None:
+        """``forward``: ``vmap`` (one batched call for all members), ``loop`` (each member its
+        own kernels), or ``auto``: vmap on a GPU, loop on a CPU (see :meth:`_forward`)."""
         if not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be in 1..{MAX_SLOTS} (got {slots})")
         self.factory, self.data, self.K, self.batch_size = factory, data, slots, batch_size
@@ -146,6 +149,9 @@ class Population:
         self.device_name, self.deterministic = device, deterministic
         self.precision = A.select_precision(precision, self.device)
         self.precision_name = precision
+        if forward not in ("auto", "vmap", "loop"):
+            raise ValueError(f"forward must be auto, vmap or loop (got {forward!r})")
+        self.vmap = forward == "vmap" or (forward == "auto" and self.device.type == "cuda")
         if self.precision.scaler:
             raise ValueError("fp16 trains one candidate at a time (its loss scaler is global)")
         d, k = self.device, slots
@@ -318,7 +324,7 @@ class Population:
         work and the optimiser are batched.
         """
         shared = x.dim() == self.x_train.dim()
-        if self.device.type == "cuda":
+        if self.vmap:
 
             def one(p: dict[str, Tensor], b: dict[str, Tensor], xx: Tensor) -> Tensor:
                 out: Tensor = functional_call(self.base, (p, b), (xx,))
@@ -632,7 +638,11 @@ class Population:
 
 
 def run_population(
-    factory: T.ModelFactory, data: Dataset, candidates: list[Candidate], slots: int
+    factory: T.ModelFactory,
+    data: Dataset,
+    candidates: list[Candidate],
+    slots: int,
+    forward: str = "auto",
 ) -> list[T.RunResult | Exception]:
     """Train ``candidates`` (all with the same batch size, device and precision) ``slots`` at
     a time, new ones joining as others leave; returns each one's result (or the exception its
@@ -648,6 +658,7 @@ def run_population(
         device=first.device,
         precision=first.precision,
         deterministic=first.deterministic,
+        forward=forward,
     )
     waiting = list(range(len(candidates)))
     out: dict[int, T.RunResult | Exception] = {}

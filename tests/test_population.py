@@ -102,6 +102,16 @@ def test_every_member_equals_its_solo_run(digits: Dataset) -> None:
         _same(a, b)
 
 
+def test_the_gpu_forward_vmap_gives_the_solo_result_too(digits: Dataset) -> None:
+    """The CUDA path's one vmapped call for all members, run on CPU."""
+    cands = _candidates()[1:4]
+    solo = [T.run_ticket(_factory(digits), digits, c.ticket, c.train) for c in cands]
+    batched = run_population(_factory(digits), digits, cands, slots=3, forward="vmap")
+    for a, b in zip(solo, batched, strict=True):
+        assert isinstance(b, T.RunResult)
+        _same(a, b)
+
+
 def test_pruned_and_diverged_members_leave_without_touching_the_others(
     digits: Dataset,
 ) -> None:
@@ -156,3 +166,22 @@ def test_auto_slots_fill_gpu_memory_and_stay_at_eight_on_cpu() -> None:
     assert auto_slots(model, (1, 28, 28), gpu, free_bytes=10 * per_member) == 7  # 70 %
     assert auto_slots(model, (1, 28, 28), gpu, free_bytes=10**12) == MAX_SLOTS
     assert auto_slots(model, (1, 28, 28), gpu, free_bytes=1) == 1
+
+
+def test_compare_trains_a_penalty_s_seeds_together(digits: Dataset) -> None:
+    from hwsparse import api
+
+    train = T.TrainConfig(epochs=1, batch_size=128, device="cpu")
+    ticket = T.TicketConfig(auto_strength=True, density=0.2, search_epochs=1)
+    seen: list[tuple[str, int]] = []
+    rows, runs = api.compare(
+        "digits", "mlp", density=0.2, methods="log,random", seeds="2", train=train,
+        config=ticket, on_run=lambda m, s, r: seen.append((m, s)),
+    )  # fmt: skip
+    assert seen == [("log", 0), ("log", 1), ("random", 0), ("random", 1)]
+    for seed in (0, 1):
+        solo = T.run_method("log", _factory(digits), digits, 0.2, T.TrainConfig(
+            epochs=1, batch_size=128, device="cpu", seed=seed), ticket)  # fmt: skip
+        run = next(r for r in runs if r["method"] == "log" and r["seed"] == seed)
+        assert run["test_accuracy"] == pytest.approx(solo.test_accuracy, abs=3 / 359)
+        assert run["density"] == solo.density
