@@ -122,9 +122,11 @@ class PenaltyTerm:
 
         Same gradient as back-propagating the penalty, at a fraction of the cost (it runs on
         every step): lambda * entry_size * R'(m), times dm/ds = m (1 - m) / T for sigmoid masks.
+        Called between backward and the optimiser step, so a sigmoid mask's m is the one its
+        forward pass computed (``RelaxedMask.recent_soft``), not computed again.
         """
         for m in self.relaxed.values():
-            soft = m.soft()
+            soft = m.recent_soft()
             grad = self.fn.slope(soft, self.eps).mul_(self.lam * m.entry_size)
             if m.param == "sigmoid":
                 grad.mul_(soft * (1 - soft) / m.temperature)

@@ -621,6 +621,7 @@ def run_batched(
     started = time.monotonic()
     asked = 0
     pop: Population | None = None
+    slots = min(slots, n_trials)  # no empty slots to carry through the study
 
     def tell(trial: optuna.Trial, **kw: Any) -> None:
         frozen = study.tell(trial, **kw)
