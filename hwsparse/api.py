@@ -179,9 +179,9 @@ def compare(
     """Run each method at ``density`` for each seed under one protocol.
 
     Penalty methods use ``--strength auto`` unless ``config`` says otherwise, so that every
-    method lands on the same density; their seeds train together as one population (each
-    seed's result is its solo run's, :mod:`hwsparse.population`). Returns aggregated rows and
-    the per-run summaries.
+    method lands on the same density; their seeds train together as one population where
+    ``--batch-trials auto`` would batch this network (each seed's result is its solo run's,
+    :mod:`hwsparse.population`). Returns aggregated rows and the per-run summaries.
     """
     check_density(density)
     names, seed_list = parse_methods(methods), parse_seeds(seeds)
@@ -226,9 +226,11 @@ def _seeds_together(
         or A.select_precision(train.precision, device).scaler
     ):
         return None
+    slots = min(len(seeds), auto_slots(factory(), data.input_shape, device, train.batch_size))
+    if slots < 2:  # auto trains this network one run at a time on this device
+        return None
     ticket = replace(config, penalty=method, density=density)
     cands = [Candidate(ticket, replace(train, seed=s), on_epoch) for s in seeds]
-    slots = min(len(seeds), auto_slots(factory(), data.input_shape, device, train.batch_size))
     out = run_population(factory, data, cands, slots)
     for r in out:
         if isinstance(r, Exception):

@@ -127,6 +127,29 @@ def test_interrupted_trial_is_rerun_on_resume(tmp_path: Path) -> None:
     assert rerun.user_attrs["retry_of"] == first.number
 
 
+def test_a_batched_study_tells_every_trial(tmp_path: Path) -> None:
+    config = _config()
+    space = search.apply_epochs(load_space("default"), 2)
+    storage = stores.open_storage(tmp_path / "s.journal", create=True)
+    told: list[int] = []
+    outcome = search.run_search(
+        "s",
+        storage,
+        config,
+        space,
+        trials=5,
+        device="cpu",
+        batch_trials=3,
+        on_trial=lambda s, t: told.append(t.number),
+    )
+    assert outcome.ran == outcome.total == 5 and sorted(told) == [0, 1, 2, 3, 4]
+    states = {t.state for t in outcome.study.trials}
+    assert states <= {TrialState.COMPLETE, TrialState.PRUNED}
+    done = [t for t in outcome.study.trials if t.state == TrialState.COMPLETE]
+    assert done and all("val_accuracy" in t.user_attrs and "flops" in t.user_attrs for t in done)
+    assert all(len(t.user_attrs["val_curve"]) == 2 for t in done)  # ticket epochs reported
+
+
 def test_interrupted_batch_reruns_every_member_on_resume(tmp_path: Path) -> None:
     config = _config()
     space = search.apply_epochs(load_space("default"), 1)

@@ -152,7 +152,8 @@ def search_cmd(
         str,
         typer.Option(
             help="Trials trained together in one batched population: a number, or auto "
-            "(8 on a CPU; on a GPU as many as fit in memory). 1 trains one at a time."
+            "(on a GPU as many as fit in memory; on a CPU 8 for conv nets, 1 for fully "
+            "connected ones, which train slower batched there). 1 trains one at a time."
         ),
     ] = "auto",
     threads: Threads = None,
