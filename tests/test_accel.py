@@ -106,6 +106,21 @@ def test_deterministic_is_on_during_the_run_and_restored(digits: Dataset) -> Non
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["ticket", "--precision", "fp8"],
+        ["compare", "--precision", "fp8"],
+        ["ticket", "--batch-size", "0"],
+        ["compare", "--device", "cuda:1"],
+    ],
+)
+def test_ticket_and_compare_take_the_same_training_flags(args: list[str]) -> None:
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--device", "cuda:7"], "--device cuda"),
