@@ -175,13 +175,15 @@ def compare(
     baseline: T.BaselineConfig | None = None,
     on_epoch: T.OnEpoch | None = None,
     on_run: Callable[[str, int, T.RunResult], None] | None = None,
+    batch_seeds: int | str = "auto",
 ) -> tuple[list[CompareRow], list[dict[str, Any]]]:
     """Run each method at ``density`` for each seed under one protocol.
 
     Penalty methods use ``--strength auto`` unless ``config`` says otherwise, so that every
-    method lands on the same density; their seeds train together as one population where
-    ``--batch-trials auto`` would batch this network (each seed's result is its solo run's,
-    :mod:`hwsparse.population`). Returns aggregated rows and the per-run summaries.
+    method lands on the same density; their seeds train together as one population of up to
+    ``batch_seeds`` members (``auto``: as ``--batch-trials auto`` would batch this network on
+    this device; each seed's result is its solo run's, :mod:`hwsparse.population`). Returns
+    aggregated rows and the per-run summaries.
     """
     check_density(density)
     names, seed_list = parse_methods(methods), parse_seeds(seeds)
@@ -191,7 +193,7 @@ def compare(
     rows, runs = [], []
     for method in names:
         together = _seeds_together(method, factory, data, density, seed_list, train, config,
-                                   on_epoch)  # fmt: skip
+                                   on_epoch, batch_seeds)  # fmt: skip
         results = []
         for i, seed in enumerate(seed_list):
             if together is not None:
@@ -216,6 +218,7 @@ def _seeds_together(
     train: T.TrainConfig,
     config: T.TicketConfig,
     on_epoch: T.OnEpoch | None,
+    batch_seeds: int | str,
 ) -> list[T.RunResult] | None:
     """A penalty method's seeds trained as one population (hwsparse.population); None when
     they run one by one (a baseline, one seed, or fp16, whose loss scaler is shared)."""
@@ -226,8 +229,10 @@ def _seeds_together(
         or A.select_precision(train.precision, device).scaler
     ):
         return None
-    slots = min(len(seeds), auto_slots(factory(), data.input_shape, device, train.batch_size))
-    if slots < 2:  # auto trains this network one run at a time on this device
+    if batch_seeds == "auto":
+        batch_seeds = auto_slots(factory(), data.input_shape, device, train.batch_size)
+    slots = min(len(seeds), int(batch_seeds))
+    if slots < 2:  # one run at a time
         return None
     ticket = replace(config, penalty=method, density=density)
     cands = [Candidate(ticket, replace(train, seed=s), on_epoch) for s in seeds]

@@ -53,11 +53,10 @@ from hwsparse.phase import (
 
 Select = Callable[[nn.Module, M.Masks], M.Masks]
 MAX_SLOTS = 64  # the most candidates one population trains at once
-CPU_SLOTS = 8  # --batch-trials auto on a CPU for a network with convolutions
-# On a CPU a population gains only where convolutions dominate a step (LeNet-5 on MNIST-10k:
-# 1.27x at K = 4); fully connected networks trained slower batched (LeNet-300-100 on digits
-# 0.66x, on MNIST-10k 0.78x; benchmarks/throughput/README.md), so auto trains them one by one.
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# --batch-trials auto on a CPU: one trial at a time. Measured on the 2-core development VM
+# (benchmarks/throughput/results_epoch.md), a population's search epoch was no faster than its
+# members one after another (LeNet-5 on MNIST-10k 1.00x) or slower (LeNet-300-100 0.45-0.60x).
+CPU_SLOTS = 1
 _BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as the solo run uses
 
 
@@ -688,10 +687,9 @@ def auto_slots(
     batch_size: int = 64,
     free_bytes: int | None = None,
 ) -> int:
-    """``--batch-trials auto``: on a CPU ``CPU_SLOTS`` for a network with a convolution and 1
-    (one trial at a time) for a fully connected one, as measured; on a GPU as many members as
-    fit in 70 % of its free memory (``free_bytes``, default torch.cuda.mem_get_info), at most
-    ``MAX_SLOTS``.
+    """``--batch-trials auto``: on a CPU ``CPU_SLOTS`` (1, as measured); on a GPU as many
+    members as fit in 70 % of its free memory (``free_bytes``, default
+    torch.cuda.mem_get_info), at most ``MAX_SLOTS``.
 
     A member needs, per parameter, 4 bytes for each of: the weight, its two mask-score
     tensors, their three gradients and six Adam moments, the masked weight and its gradient
@@ -699,7 +697,7 @@ def auto_slots(
     backward pass and matched by their gradients (2 x 4 bytes per activation value).
     """
     if device.type != "cuda":
-        return CPU_SLOTS if any(isinstance(m, _CONV) for m in model.modules()) else 1
+        return CPU_SLOTS
     if free_bytes is None:
         free_bytes = int(torch.cuda.mem_get_info(device)[0])
     params = sum(p.numel() for p in model.parameters())

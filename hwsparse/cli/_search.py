@@ -152,8 +152,8 @@ def search_cmd(
         str,
         typer.Option(
             help="Trials trained together in one batched population: a number, or auto "
-            "(on a GPU as many as fit in memory; on a CPU 8 for conv nets, 1 for fully "
-            "connected ones, which train slower batched there). 1 trains one at a time."
+            "(on a GPU as many as fit in memory; on a CPU 1, as batching measured no faster "
+            "there). 1 trains one at a time."
         ),
     ] = "auto",
     threads: Threads = None,
