@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hwsparse import accel as A
 from hwsparse import train as T
 from hwsparse.cost.flops import FlopCount, count_flops
 from hwsparse.cost.profiles import load_profile
@@ -23,6 +24,8 @@ from hwsparse.data import Dataset, load_dataset
 from hwsparse.errors import InputError, valid_names
 from hwsparse.masks import check_density
 from hwsparse.models import build_model
+from hwsparse.penalties import PENALTIES
+from hwsparse.population import Candidate, auto_slots, run_population
 from hwsparse.tickets import load_ticket, save_ticket
 
 if TYPE_CHECKING:
@@ -172,11 +175,15 @@ def compare(
     baseline: T.BaselineConfig | None = None,
     on_epoch: T.OnEpoch | None = None,
     on_run: Callable[[str, int, T.RunResult], None] | None = None,
+    batch_seeds: int | str = "auto",
 ) -> tuple[list[CompareRow], list[dict[str, Any]]]:
     """Run each method at ``density`` for each seed under one protocol.
 
     Penalty methods use ``--strength auto`` unless ``config`` says otherwise, so that every
-    method lands on the same density. Returns aggregated rows and the per-run summaries.
+    method lands on the same density; their seeds train together as one population of up to
+    ``batch_seeds`` members (``auto``: as ``--batch-trials auto`` would batch this network on
+    this device; each seed's result is its solo run's, :mod:`hwsparse.population`). Returns
+    aggregated rows and the per-run summaries.
     """
     check_density(density)
     names, seed_list = parse_methods(methods), parse_seeds(seeds)
@@ -185,24 +192,55 @@ def compare(
     data, factory = _setup(dataset, model, data_dir)
     rows, runs = [], []
     for method in names:
+        together = _seeds_together(method, factory, data, density, seed_list, train, config,
+                                   on_epoch, batch_seeds)  # fmt: skip
         results = []
-        for seed in seed_list:
-            r = T.run_method(
-                method,
-                factory,
-                data,
-                density,
-                replace(train, seed=seed),
-                config,
-                baseline,
-                on_epoch,
-            )
+        for i, seed in enumerate(seed_list):
+            if together is not None:
+                r = together[i]
+            else:
+                r = T.run_method(method, factory, data, density, replace(train, seed=seed),
+                                 config, baseline, on_epoch)  # fmt: skip
             results.append(r)
             runs.append({**r.summary(), "seed": seed})
             if on_run is not None:
                 on_run(method, seed, r)
         rows.append(_aggregate(method, results))
     return rows, runs
+
+
+def _seeds_together(
+    method: str,
+    factory: T.ModelFactory,
+    data: Dataset,
+    density: float,
+    seeds: list[int],
+    train: T.TrainConfig,
+    config: T.TicketConfig,
+    on_epoch: T.OnEpoch | None,
+    batch_seeds: int | str,
+) -> list[T.RunResult] | None:
+    """A penalty method's seeds trained as one population (hwsparse.population); None when
+    they run one by one (a baseline, one seed, or fp16, whose loss scaler is shared)."""
+    device = A.resolve_device(train.device)
+    if (
+        method not in PENALTIES
+        or len(seeds) < 2
+        or A.select_precision(train.precision, device).scaler
+    ):
+        return None
+    if batch_seeds == "auto":
+        batch_seeds = auto_slots(factory(), data.input_shape, device, train.batch_size)
+    slots = min(len(seeds), int(batch_seeds))
+    if slots < 2:  # one run at a time
+        return None
+    ticket = replace(config, penalty=method, density=density)
+    cands = [Candidate(ticket, replace(train, seed=s), on_epoch) for s in seeds]
+    out = run_population(factory, data, cands, slots)
+    for r in out:
+        if isinstance(r, Exception):
+            raise r
+    return [r for r in out if isinstance(r, T.RunResult)]
 
 
 def _aggregate(method: str, results: list[T.RunResult]) -> CompareRow:

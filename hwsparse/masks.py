@@ -82,6 +82,8 @@ def _mask_shape(weight: torch.Tensor, granularity: str) -> tuple[int, ...]:
 class RelaxedMask(nn.Module):
     """Parametrization ``weight -> scale * m * weight`` with a trainable relaxed mask m."""
 
+    _last: tuple[torch.Tensor, tuple[int, float]] | None
+
     def __init__(self, weight: torch.Tensor, config: MaskConfig) -> None:
         super().__init__()
         self.param = config.param
@@ -97,6 +99,9 @@ class RelaxedMask(nn.Module):
         self.score = nn.Parameter(init)
         self.temperature = config.temperature
         self.entry_size = weight.numel() // init.numel()  # weights covered by one entry
+        # sigmoid masks: m of the last forward pass and the (score version, temperature) it
+        # was computed at, reused by the penalty's gradient in the same step (recent_soft)
+        self._last = None
 
     def soft(self) -> torch.Tensor:
         """The relaxed mask m in [0, 1] (mask-shaped, not expanded)."""
@@ -104,8 +109,18 @@ class RelaxedMask(nn.Module):
             return self.score
         return torch.sigmoid(self.score / self.temperature)
 
+    def recent_soft(self) -> torch.Tensor:
+        """``soft()``, taken from the last forward pass when neither the scores nor the
+        temperature changed since (saves a sigmoid over every entry per training step)."""
+        last = self._last
+        if last is not None and last[1] == (self.score._version, self.temperature):
+            return last[0]
+        return self.soft().detach()
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         m = self.soft()
+        if self.param == "sigmoid":
+            self._last = (m.detach(), (self.score._version, self.temperature))
         return weight * (m * self.scale if self.scale != 1.0 else m)
 
     @torch.no_grad()

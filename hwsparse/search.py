@@ -27,7 +27,8 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from hwsparse import accel as A
 from hwsparse import masks as M
 from hwsparse import train as T
 from hwsparse.cost.budget import BudgetCutter, check_floors, floors, largest_fitting_density
@@ -49,6 +51,7 @@ from hwsparse.deploy.quantize import accuracy, calibration_batch, simulate
 from hwsparse.errors import InputError
 from hwsparse.models import build_model
 from hwsparse.penalties import get_penalty
+from hwsparse.population import MAX_SLOTS, Candidate, Population, auto_slots
 from hwsparse.preset import REGULARIZER_KNOBS, fits_param
 from hwsparse.space import SearchSpace
 from hwsparse.storage import (
@@ -119,6 +122,18 @@ def apply_epochs(space: SearchSpace, epochs: int | None) -> SearchSpace:
     return replace(space, params=keep, fixed=tuple(fixed.items()))
 
 
+def apply_batch_size(space: SearchSpace, batch_size: int | None) -> SearchSpace:
+    """``--batch-size N`` fixes the training batch size (samples per step) of every trial."""
+    if batch_size is None:
+        return space
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1 (got {batch_size})")
+    keep = tuple(p for p in space.params if p.name != "batch_size")
+    fixed = dict(space.fixed)
+    fixed.update(batch_size=batch_size)
+    return replace(space, params=keep, fixed=tuple(fixed.items()))
+
+
 # --- suggestions -> configs ----------------------------------------------------------------------
 
 # knob -> (knob it depends on, value that makes it used)
@@ -179,9 +194,14 @@ def _default_parent(parent: str, values: dict[str, Any], params: dict[str, Any])
 
 
 def configs(
-    values: dict[str, Any], seed: int, device: str
+    values: dict[str, Any],
+    seed: int,
+    device: str,
+    precision: str = "auto",
+    deterministic: bool = False,
 ) -> tuple[T.TicketConfig, T.TrainConfig]:
-    """Turn sampled knob values into the engine's configs (unset knobs keep their defaults)."""
+    """Turn sampled knob values into the engine's configs (unset knobs keep their defaults);
+    ``precision`` and ``deterministic`` are the run's, not searched."""
     mask_fields = {"param", "granularity", "mask_first", "mask_last", "temperature", "anneal"}
     mask = M.MaskConfig(**{k: v for k, v in values.items() if k in mask_fields})
     penalty = values.get("penalty", "log")
@@ -201,8 +221,12 @@ def configs(
     else:
         ticket_kw.update(strength=values.get("strength", T.TicketConfig.strength))
     ticket = T.TicketConfig(penalty=penalty, eps=eps, mask=mask, **ticket_kw)
-    train_kw = {k: values[k] for k in ("epochs", "lr", "rewind_steps") if k in values}
-    train = T.TrainConfig(seed=seed, device=device, **train_kw)
+    train_kw = {
+        k: values[k] for k in ("epochs", "lr", "rewind_steps", "batch_size") if k in values
+    }
+    train = T.TrainConfig(
+        seed=seed, device=device, precision=precision, deterministic=deterministic, **train_kw
+    )
     return ticket, train
 
 
@@ -223,8 +247,11 @@ class Objective:
         metrics: list[str],
         on_epoch: T.OnEpoch | None = None,
         on_trial_start: Callable[[int], None] | None = None,
+        precision: str = "auto",
+        deterministic: bool = False,
     ) -> None:
         self.config, self.space, self.data = config, space, data
+        self.precision, self.deterministic = precision, deterministic
         self.profile, self.storage, self.device = profile, storage, device
         self.metrics = metrics
         self.on_epoch = on_epoch
@@ -237,11 +264,23 @@ class Objective:
         self.same_errors = 0  # how many trials in a row failed with it
         self.worked = False  # a trial of this run got as far as training
         self.systematic: str | None = None  # set when every trial fails the same way
+        self.batched = False  # trials run in populations (run_batched), not study.optimize
 
     def factory(self) -> nn.Module:
         return build_model(self.config.model, self.data.input_shape, self.data.num_classes)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        """One trial trained alone (``--batch-trials 1``, and any trial a batch cannot take)."""
+        job = self.prepare(trial)
+        with self.failures(trial):
+            result = T.run_ticket(
+                self.factory, self.data, job.ticket, job.train, job.on_epoch, job.select
+            )
+        return self.finish(trial, job, result)
+
+    def prepare(self, trial: optuna.Trial) -> Candidate:
+        """Suggest the trial's knobs and build its training job (the trial is the ``tag``);
+        a combination this model cannot take prunes the trial."""
         trial.set_user_attr("worker", worker_id())
         journal = journal_path(trial.study)
         if journal is not None:
@@ -250,34 +289,50 @@ class Objective:
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number)
         values = suggest(trial, self.space)
-        ticket_cfg, train_cfg = configs(values, self.config.seed + trial.number, self.device)
+        ticket_cfg, train_cfg = configs(
+            values,
+            self.config.seed + trial.number,
+            self.device,
+            self.precision,
+            self.deterministic,
+        )
         cutter = BudgetCutter(
             self.profile, self.config.budget, self.data.input_shape, self.factory
         )
         curve: list[float] = []
-        try:
+        with self.failures(trial):
             floor = M.min_density(self.factory(), ticket_cfg.mask)
             if ticket_cfg.density is not None and ticket_cfg.density <= floor:
                 # channel masks leave the classifier whole: ask for the least that is possible
                 ticket_cfg = replace(ticket_cfg, density=min(1.0, floor * 1.01))
                 trial.set_user_attr("density_raised_to", ticket_cfg.density)
-            result = T.run_ticket(
-                self.factory,
-                self.data,
-                ticket_cfg,
-                train_cfg,
-                self._epoch_hook(trial, curve, cutter),
-                select=cutter,
-            )
+        hook = self._epoch_hook(trial, curve, cutter)
+        return Candidate(ticket_cfg, train_cfg, hook, cutter, tag=(trial, curve))
+
+    @contextmanager
+    def failures(self, trial: optuna.Trial) -> Iterator[None]:
+        """Ctrl-C marks the trial interrupted (it runs again on resume); an InputError (a
+        combination of the space this model cannot take) prunes it, with the reason."""
+        try:
+            yield
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
-        except InputError as exc:  # a combination of the space this model cannot take
+        except InputError as exc:
             reason = str(exc)
             trial.set_user_attr("message", reason)
             trial.set_user_attr("pruned_reason", reason)
             self._same_error(trial, reason)
             raise optuna.TrialPruned(reason) from None
+
+    def finish(
+        self, trial: optuna.Trial, job: Candidate, result: T.RunResult
+    ) -> float | tuple[float, ...]:
+        """Cost the trained ticket, set the trial's attributes, upload it; the trial's values."""
+        ticket_cfg, train_cfg = job.ticket, job.train
+        curve = job.tag[1]
+        cutter = job.select
+        assert isinstance(cutter, BudgetCutter)
         self.worked, self.last_error = True, None
         trial.set_user_attr("val_curve", curve)
         trial.set_user_attr("status", result.status)
@@ -337,7 +392,8 @@ class Objective:
         self.last_error = reason
         if self.same_errors >= STOP_AFTER_SAME_ERRORS and not self.worked:
             self.systematic = reason
-            trial.study.stop()
+            if not self.batched:  # the batched loop checks `systematic` itself
+                trial.study.stop()
 
     def _failed(self) -> float | tuple[float, ...]:
         if self.config.objective == "budget":
@@ -581,6 +637,132 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     raise InputError(f"unknown pruner {name!r}; valid: {', '.join(PRUNERS)}")
 
 
+def parse_batch_trials(batch_trials: int | str, device: str, precision: str) -> int | None:
+    """``--batch-trials K|auto`` checked: K, or None for auto."""
+    fp16 = A.select_precision(precision, A.resolve_device(device)).scaler
+    if batch_trials == "auto":
+        return 1 if fp16 else None  # fp16's loss scaler is shared: one trial at a time
+    if isinstance(batch_trials, str) and not batch_trials.isdigit():
+        raise InputError(f"--batch-trials must be a number >= 1 or auto (got {batch_trials!r})")
+    k = int(batch_trials)
+    if not 1 <= k <= MAX_SLOTS:
+        raise InputError(f"--batch-trials must be in 1..{MAX_SLOTS} or auto (got {k})")
+    if k > 1 and fp16:
+        raise InputError("--precision fp16 trains one trial at a time: use --batch-trials 1")
+    return k
+
+
+def batch_slots(
+    batch_trials: int | str, config: SearchConfig, data: Dataset, device: str, precision: str
+) -> int:
+    """How many trials train together: ``--batch-trials``, or auto's choice for the model."""
+    k = parse_batch_trials(batch_trials, device, precision)
+    if k is not None:
+        return k
+    model = build_model(config.model, data.input_shape, data.num_classes)
+    return auto_slots(model, data.input_shape, A.resolve_device(device))
+
+
+def run_batched(
+    study: optuna.Study,
+    objective: Objective,
+    n_trials: int,
+    timeout: float | None,
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
+    slots: int,
+) -> None:
+    """Optuna ask/tell over a population: ask for trials while a slot is free, train the
+    members an epoch at a time, tell each trial's result as its member leaves (finished,
+    pruned, diverged). A trial the population cannot take (another batch size) trains alone.
+    Like ``study.optimize(catch=())``, a failure fails its trial and is raised."""
+    started = time.monotonic()
+    asked = 0
+    pop: Population | None = None
+    slots = min(slots, n_trials)  # no empty slots to carry through the study
+
+    def tell(trial: optuna.Trial, **kw: Any) -> None:
+        frozen = study.tell(trial, **kw)
+        for cb in callbacks:
+            cb(study, frozen)
+
+    def want() -> bool:
+        late = timeout is not None and time.monotonic() - started > timeout
+        return asked < n_trials and not late and objective.systematic is None
+
+    def settle(trial: optuna.Trial, job: Candidate, outcome: T.RunResult | Exception) -> None:
+        if isinstance(outcome, InputError):  # pruned with its reason, as a solo trial is
+            try:
+                with objective.failures(trial):
+                    raise outcome
+            except optuna.TrialPruned as exc:
+                outcome = exc
+        if isinstance(outcome, optuna.TrialPruned):
+            tell(trial, state=TrialState.PRUNED)
+            return
+        if isinstance(outcome, Exception):
+            tell(trial, state=TrialState.FAIL)
+            raise outcome
+        try:
+            values = objective.finish(trial, job, outcome)
+        except Exception:
+            tell(trial, state=TrialState.FAIL)
+            raise
+        tell(trial, values=values)
+
+    def alone(job: Candidate) -> T.RunResult | Exception:
+        try:
+            return T.run_ticket(objective.factory, objective.data, job.ticket, job.train,
+                                job.on_epoch, job.select)  # fmt: skip
+        except Exception as exc:
+            return exc
+
+    running: list[optuna.Trial] = []
+    try:
+        while True:
+            while want() and (pop is None or pop.free()):
+                trial = study.ask()
+                asked += 1
+                try:
+                    job = objective.prepare(trial)
+                except optuna.TrialPruned:
+                    tell(trial, state=TrialState.PRUNED)
+                    continue
+                if pop is None:
+                    pop = Population(objective.factory, objective.data, slots=slots,
+                                     batch_size=job.train.batch_size, device=objective.device,
+                                     precision=objective.precision,
+                                     deterministic=objective.deterministic)  # fmt: skip
+                running.append(trial)
+                if not pop.fits(job):
+                    result = alone(job)
+                    running.remove(trial)
+                    settle(trial, job, result)
+                    continue
+                pop.join(job)
+                objective.worked, objective.last_error = True, None  # it trains: no mistake
+            if pop is None or not pop.active():
+                return
+            for gone in pop.run_epoch():
+                trial = gone.candidate.tag[0]
+                running.remove(trial)
+                outcome = gone.result if gone.result is not None else gone.error
+                assert outcome is not None
+                settle(trial, gone.candidate, outcome)
+    except KeyboardInterrupt:
+        for trial in running:  # as study.optimize does: failed, marked to run again
+            trial.set_user_attr("interrupted", True)
+            study.tell(trial, state=TrialState.FAIL)
+        raise
+
+
+def check_device(device: str, precision: str, worker: int = 0) -> str:
+    """The device worker ``worker`` trains on, with ``precision`` checked for it (bad values
+    raise InputError before any study is opened or trained)."""
+    name = A.worker_device(device, worker)
+    A.select_precision(precision, A.resolve_device(name))
+    return name
+
+
 def run_search(
     study_name: str,
     storage: Storage,
@@ -599,6 +781,10 @@ def run_search(
     enqueue: list[dict[str, Any]] | None = None,
     design: bool = True,
     pruner: str = "median",
+    precision: str = "auto",
+    deterministic: bool = False,
+    worker: int = 0,
+    batch_trials: int | str = "auto",
 ) -> SearchOutcome:
     """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s).
 
@@ -609,12 +795,16 @@ def run_search(
     each of its training epochs. ``enqueue``: params of the first trials (``--warm-start``),
     queued when the study has no trial yet; without it, ``design`` queues
     :func:`initial_design` instead.
+    ``precision`` (``hwsparse.accel.PRECISIONS``) and ``deterministic`` apply to every trial;
+    ``worker`` (0-based) spreads ``auto``/``cuda`` workers over the GPUs. ``batch_trials``:
+    how many trials train together in one population (:mod:`hwsparse.population`), an int
+    or ``auto``; 1 trains them one at a time through ``study.optimize``.
     """
     if trials < 1:
         raise InputError(f"--trials must be >= 1 (got {trials})")
     if timeout is not None and timeout <= 0:
         raise InputError(f"--timeout must be > 0 seconds (got {timeout})")
-    T.resolve_device(device)
+    device = check_device(device, precision, worker)
     profile = load_profile(config.target)
     data = load_dataset(config.dataset, data_dir)
     dense = build_model(config.model, data.input_shape, data.num_classes)
@@ -656,8 +846,9 @@ def run_search(
     if config.objective == "budget":
         study.pruner = make_pruner(pruner)
     objective = Objective(
-        config, space, data, profile, storage, device, metrics, on_epoch, on_trial_start
-    )
+        config, space, data, profile, storage, device, metrics, on_epoch, on_trial_start,
+        precision, deterministic,
+    )  # fmt: skip
     callbacks = [lambda s, t: on_trial(s, t)] if on_trial is not None else []
     ran = 0
 
@@ -665,7 +856,11 @@ def run_search(
         nonlocal ran
         ran += 1
 
-    if to_run > 0:
+    slots = batch_slots(batch_trials, config, data, device, precision)
+    if to_run > 0 and slots > 1:
+        objective.batched = True
+        run_batched(study, objective, to_run, timeout, [count, *callbacks], slots)
+    elif to_run > 0:
         study.optimize(
             objective,
             n_trials=to_run,
@@ -674,6 +869,7 @@ def run_search(
             catch=(),
             gc_after_trial=False,
         )
+    if to_run > 0:
         if objective.systematic is not None:
             raise InputError(
                 f"stopped study {study_name!r}: its last {objective.same_errors} trials failed "
@@ -878,7 +1074,8 @@ def pick_and_test(
         ticket = load_ticket(fetch_ticket(study, chosen, storage, Path(tmp)), model=model)
     x, y = data.x_test.cpu(), data.y_test.cpu()
     deployed = simulate(ticket.model, dtype, calibration_batch(data.x_train))
-    acc, fp32 = accuracy(deployed, x, y), accuracy(ticket.model, x, y)
+    # fp32 through the routine that measured val during training (same batching)
+    acc, fp32 = accuracy(deployed, x, y), A.evaluate(ticket.model, x, y)
     study.set_user_attr(
         PICK_ATTR,
         {

@@ -50,6 +50,7 @@ KNOBS: dict[str, tuple[type, tuple[Any, ...] | None]] = {
     "epochs": (int, None),
     "lr": (float, None),
     "rewind_steps": (int, None),
+    "batch_size": (int, None),  # training samples per optimiser step
     # --strength auto or a fixed lambda with top-k to the density (hwsparse tune), and the
     # auto controller's settings (TicketConfig.auto_ramp, auto_rate)
     "strength_mode": (str, ("auto", "fixed")),

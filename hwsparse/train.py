@@ -31,25 +31,24 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from hwsparse import accel as A
 from hwsparse import masks as M
 from hwsparse.data import Dataset
-from hwsparse.deploy.compact import Silenced, silence
-from hwsparse.errors import InputError
+from hwsparse.errors import InputError, lookup
 from hwsparse.penalties import PENALTIES, get_penalty, resolve_eps
+from hwsparse.phase import Diverged as Diverged
+from hwsparse.phase import EpochInfo as EpochInfo
+from hwsparse.phase import OnEpoch as OnEpoch
+from hwsparse.phase import SearchPhase, Trainer, search_phase
+from hwsparse.phase import weight_state as weight_state
 
 ModelFactory = Callable[[], nn.Module]
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 class SkipTicket(Exception):
@@ -72,6 +71,10 @@ class TrainConfig:
     rewind_steps: int = 0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda[:N]; auto picks CUDA when present
+    # autocast dtype of the training forward pass (hwsparse.accel.select_precision): auto |
+    # fp32 | bf16 | fp16; evaluation is always fp32
+    precision: str = "auto"
+    deterministic: bool = False  # deterministic torch algorithms (slower on a GPU)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -82,6 +85,9 @@ class TrainConfig:
             raise InputError(f"learning rate must be > 0 (got {self.lr})")
         if self.rewind_steps < 0:
             raise InputError(f"rewind steps must be >= 0 (got {self.rewind_steps})")
+        if self.precision not in A.PRECISIONS:
+            valid = ", ".join(A.PRECISIONS)
+            raise InputError(f"unknown --precision {self.precision!r}; valid: {valid}")
 
 
 @dataclass(frozen=True)
@@ -97,8 +103,8 @@ class TicketConfig:
     threshold: float = 0.5  # binarisation threshold when no density is asked for
     density: float | None = None  # exact target density (top-k) instead of the threshold
     mask: M.MaskConfig = field(default_factory=M.MaskConfig)
-    # --strength auto's controller (see _PenaltyTerm): share of the search phase over which
-    # the density path reaches the target, and log-lambda change per step at error 1
+    # --strength auto's controller (hwsparse.phase.PenaltyTerm): share of the search phase
+    # over which the density path reaches the target, and log-lambda change per step at error 1
     auto_ramp: float = 0.6
     auto_rate: float = 0.02
 
@@ -139,19 +145,6 @@ class BaselineConfig:
 # --- results -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EpochInfo:
-    """What ``on_epoch`` receives after every training epoch."""
-
-    phase: str  # e.g. "search", "ticket", "dense", "imp round 3/14"
-    epoch: int  # 1-based within the phase
-    epochs: int  # epochs of the phase
-    loss: float  # mean training loss of the epoch (penalty included)
-    val_accuracy: float
-    density: float  # current density (soft mask above threshold in the search phase)
-    seconds: float  # wall time of the epoch
-
-
 @dataclass
 class RunResult:
     """Outcome of one method run: the ticket, its accuracy and what it cost to find."""
@@ -190,211 +183,60 @@ class RunResult:
         }
 
 
-OnEpoch = Callable[[EpochInfo], None]
-
-
 # --- the training loop ---------------------------------------------------------------------------
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown --device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but no CUDA device is available; use auto")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"unsupported --device {name!r}; valid: auto, cpu, cuda, cuda:N")
-    return device
+    """``auto`` -> CUDA when available, else CPU; otherwise the named torch device (checked)."""
+    return A.resolve_device(name)
 
 
-class _Run:
-    """State shared by the phases of one method run: data on device, counters, callback."""
-
-    def __init__(self, data: Dataset, config: TrainConfig, on_epoch: OnEpoch | None) -> None:
-        self.config = config
-        self.device = resolve_device(config.device)
-        self.on_epoch = on_epoch
-        d = self.device
-        self.x_train, self.y_train = data.x_train.to(d), data.y_train.to(d)
-        self.x_val, self.y_val = data.x_val.to(d), data.y_val.to(d)
-        self.x_test, self.y_test = data.x_test.to(d), data.y_test.to(d)
-        self.input_shape = data.input_shape
-        self.silenced: Silenced | None = None
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.epochs = 0
-        self.steps = 0
-        self.history: list[EpochInfo] = []
-        self.started = time.perf_counter()
-
-    def autocast(self) -> Any:
-        # Mixed precision on CUDA only: bf16 autocast needs no loss scaling.
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
-
-    @torch.no_grad()
-    def accuracy(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-        was_training = model.training
-        model.eval()
-        correct = 0
-        with self.autocast():
-            for i in range(0, len(x), 2048):
-                correct += int((model(x[i : i + 2048]).argmax(1) == y[i : i + 2048]).sum())
-        model.train(was_training)
-        return correct / max(len(x), 1)
-
-    def train(
-        self,
-        model: nn.Module,
-        epochs: int,
-        phase: str,
-        *,
-        relaxed: dict[str, M.RelaxedMask] | None = None,
-        penalty: _PenaltyTerm | None = None,
-        mask_lr: float = 0.0,
-        temperature: Callable[[float], float] | None = None,
-        snapshot_step: int | None = None,
-        density: Callable[[], float] | None = None,
-    ) -> dict[str, torch.Tensor] | None:
-        """Train ``model`` for ``epochs``; returns the weight snapshot at ``snapshot_step``.
-
-        ``relaxed``/``penalty``/``mask_lr`` make it the joint weights+masks phase;
-        ``temperature(progress in [0, 1])`` anneals sigmoid masks per step.
-        """
-        cfg = self.config
-        mask_params = [m.score for m in (relaxed or {}).values()]
-        mask_ids = {id(p) for p in mask_params}
-        weights = [p for p in model.parameters() if p.requires_grad and id(p) not in mask_ids]
-        groups: list[dict[str, Any]] = [{"params": weights, "weight_decay": cfg.weight_decay}]
-        if mask_params:
-            groups.append({"params": mask_params, "lr": mask_lr, "weight_decay": 0.0})
-        # fused Adam: one kernel for all tensors (masks double the parameter count)
-        optimizer = torch.optim.Adam(groups, lr=cfg.lr, fused=True)
-        n = len(self.x_train)
-        steps_per_epoch = math.ceil(n / cfg.batch_size)
-        total_steps = epochs * steps_per_epoch
-        snapshot = weight_state(model) if snapshot_step == 0 else None
-        step = 0
-        model.train()
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            order = torch.randperm(n, generator=self.generator).to(self.device)
-            loss_sum = torch.zeros((), device=self.device)
-            for i in range(0, n, cfg.batch_size):
-                if temperature is not None and relaxed:
-                    M.set_temperature(relaxed, temperature(step / max(total_steps - 1, 1)))
-                idx = order[i : i + cfg.batch_size]
-                with self.autocast():
-                    loss = F.cross_entropy(model(self.x_train[idx]), self.y_train[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                if penalty is not None:
-                    penalty.add_grad()
-                optimizer.step()
-                if relaxed:
-                    M.project(relaxed)
-                if penalty is not None:
-                    penalty.after_step(step / max(total_steps - 1, 1))
-                loss_sum += loss.detach() * len(idx)
-                step += 1
-                if snapshot_step is not None and step == snapshot_step:
-                    snapshot = weight_state(model)
-            mean_loss = float(loss_sum) / n + (penalty.value() if penalty is not None else 0.0)
-            self.epochs += 1
-            self.steps += steps_per_epoch
-            if not math.isfinite(mean_loss):
-                raise Diverged(f"training loss became {mean_loss} in {phase} epoch {epoch}")
-            info = EpochInfo(
-                phase=phase,
-                epoch=epoch,
-                epochs=epochs,
-                loss=mean_loss,
-                val_accuracy=self.accuracy(model, self.x_val, self.y_val),
-                density=density() if density else 1.0,
-                seconds=time.perf_counter() - t0,
-            )
-            self.history.append(info)
-            if self.on_epoch is not None:
-                self.on_epoch(info)
-        if snapshot_step is not None and snapshot is None:
-            # Asked to rewind past the end of the run: rewind to where it ended (documented).
-            snapshot = weight_state(model)
-        return snapshot
-
-    def silence(self, model: nn.Module, masks: M.Masks) -> None:
-        """Keep the ticket's dead channels exactly zero while it trains (deploy/compact.py)."""
-        self.unsilence()
-        self.silenced = silence(model, self.input_shape, masks)
-
-    def unsilence(self) -> None:
-        if self.silenced is not None:
-            self.silenced.remove()
-            self.silenced = None
-
-    def result(
-        self, method: str, model: nn.Module, masks: M.Masks, message: str = ""
-    ) -> RunResult:
-        """Bake the masks into ``model`` and evaluate it on val and test."""
-        self.unsilence()
-        M.detach_masks(model, bake=True)
-        model.eval()
-        return RunResult(
-            method=method,
-            status="ok",
-            val_accuracy=self.accuracy(model, self.x_val, self.y_val),
-            test_accuracy=self.accuracy(model, self.x_test, self.y_test),
-            density=M.global_density(model, masks),
-            epochs=self.epochs,
-            steps=self.steps,
-            seconds=time.perf_counter() - self.started,
-            device=str(self.device),
-            model=model.cpu(),
-            masks={k: v.cpu() for k, v in masks.items()},
-            layers=M.layer_densities(model, masks),
-            message=message,
-            history=self.history,
-        )
-
-    def diverged(self, method: str, exc: Diverged) -> RunResult:
-        return RunResult(
-            method=method,
-            status="diverged",
-            val_accuracy=float("nan"),
-            test_accuracy=float("nan"),
-            density=float("nan"),
-            epochs=self.epochs,
-            steps=self.steps,
-            seconds=time.perf_counter() - self.started,
-            device=str(self.device),
-            model=None,
-            masks={},
-            layers=[],
-            message=str(exc),
-            history=self.history,
-        )
+def result_of(
+    run: Trainer, method: str, model: nn.Module, masks: M.Masks, message: str = ""
+) -> RunResult:
+    """Bake the masks into ``model`` and evaluate it on val and test (the same evaluation)."""
+    run.unsilence()
+    M.detach_masks(model, bake=True)
+    model.eval()
+    return RunResult(
+        method=method,
+        status="ok",
+        val_accuracy=run.accuracy(model, run.x_val, run.y_val),
+        test_accuracy=run.accuracy(model, run.x_test, run.y_test),
+        density=M.global_density(model, masks),
+        epochs=run.epochs,
+        steps=run.steps,
+        seconds=time.perf_counter() - run.started,
+        device=str(run.device),
+        model=model.cpu(),
+        masks={k: v.cpu() for k, v in masks.items()},
+        layers=M.layer_densities(model, masks),
+        message=message,
+        history=run.history,
+    )
 
 
-def weight_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of the model's weights and buffers under their plain names, masks left out.
-
-    ``layer.parametrizations.weight.original`` is stored as ``layer.weight``; mask scores and
-    fixed masks are dropped, so the state loads into the bare model.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        if ".parametrizations.weight.original" in key:
-            out[key.replace(".parametrizations.weight.original", ".weight")] = value.clone()
-        elif ".parametrizations." not in key:
-            out[key] = value.clone()
-    return out
+def diverged_result(run: Trainer, method: str, exc: Diverged) -> RunResult:
+    return RunResult(
+        method=method,
+        status="diverged",
+        val_accuracy=float("nan"),
+        test_accuracy=float("nan"),
+        density=float("nan"),
+        epochs=run.epochs,
+        steps=run.steps,
+        seconds=time.perf_counter() - run.started,
+        device=str(run.device),
+        model=None,
+        masks={},
+        layers=[],
+        message=str(exc),
+        history=run.history,
+    )
 
 
 def _rewind(
-    model: nn.Module, state: dict[str, torch.Tensor], masks: M.Masks, run: _Run
+    model: nn.Module, state: dict[str, torch.Tensor], masks: M.Masks, run: Trainer
 ) -> nn.Module:
     """Bare ``model`` with ``state`` loaded, the binary ``masks`` fixed on it, dead channels
     silenced (exactly zero until ``run.result``, so the trained ticket is the costed network)."""
@@ -405,84 +247,20 @@ def _rewind(
     return model
 
 
-def _build(factory: ModelFactory, run: _Run) -> nn.Module:
+def _build(factory: ModelFactory, run: Trainer) -> nn.Module:
     torch.manual_seed(run.config.seed)
     return factory().to(run.device)
 
 
-def _guard(method: str, run: _Run, body: Callable[[], RunResult]) -> RunResult:
+def _guard(method: str, run: Trainer, body: Callable[[], RunResult]) -> RunResult:
     try:
-        return body()
+        with A.deterministic(run.config.deterministic):
+            return body()
     except Diverged as exc:
-        return run.diverged(method, exc)
+        return diverged_result(run, method, exc)
 
 
 # --- the method ----------------------------------------------------------------------------------
-
-
-class _PenaltyTerm:
-    """``lambda * sum R(m)`` over all mask entries (channel entries weighted by their size).
-
-    With ``target`` set, lambda is a Lagrange multiplier for "density <= target" and follows
-    dual ascent in log space after every step: it grows while the soft-mask density is above
-    the target and shrinks when it falls below, so the search phase ends near the asked density
-    whatever the dataset (our *choice*, ``--strength auto``; a fixed lambda is the paper's).
-    """
-
-    # The controller's ramp and rate are TicketConfig.auto_ramp / auto_rate.
-    _DOWN = 10.0  # 10x faster when below: concave pulls collapse entries with momentum
-    _HEADROOM = 1.1  # aim a little above the target: top-k then trims to it exactly
-
-    def __init__(
-        self, relaxed: dict[str, M.RelaxedMask], ticket: TicketConfig, target: float | None
-    ) -> None:
-        self.relaxed = relaxed
-        self.fn = get_penalty(ticket.penalty)
-        self.eps = resolve_eps(ticket.penalty, ticket.eps)
-        self.lam = ticket.strength
-        self.threshold = ticket.threshold
-        self.target = None if target is None else target * self._HEADROOM
-        self.ramp, self.rate = ticket.auto_ramp, ticket.auto_rate
-
-    @torch.no_grad()
-    def value(self) -> float:
-        """lambda * sum R(m) at the current masks (for reporting)."""
-        terms = [self.fn(m.soft(), self.eps).sum() * m.entry_size for m in self.relaxed.values()]
-        return self.lam * float(torch.stack(terms).sum())
-
-    @torch.no_grad()
-    def add_grad(self) -> None:
-        """Add d(lambda * sum R(m)) / d(score) to the mask gradients, in closed form.
-
-        Same gradient as back-propagating the penalty, at a fraction of the cost (it runs on
-        every step): lambda * entry_size * R'(m), times dm/ds = m (1 - m) / T for sigmoid masks.
-        """
-        for m in self.relaxed.values():
-            soft = m.soft()
-            grad = self.fn.slope(soft, self.eps).mul_(self.lam * m.entry_size)
-            if m.param == "sigmoid":
-                grad.mul_(soft * (1 - soft) / m.temperature)
-            if m.score.grad is None:
-                m.score.grad = grad
-            else:
-                m.score.grad.add_(grad)
-
-    def after_step(self, progress: float) -> None:
-        """Dual ascent towards a density path that falls geometrically from 1 to the target
-        over the first ``auto_ramp`` of the search phase and then holds it."""
-        if self.target is None:
-            return
-        goal = self.target ** min(1.0, progress / self.ramp)
-        error = (M.soft_density(self.relaxed, self.threshold) - goal) / goal
-        rate = self.rate if error > 0 else self.rate * self._DOWN
-        self.lam *= math.exp(rate * max(-1.0, min(1.0, error)))
-
-
-def _temperature_schedule(cfg: M.MaskConfig) -> Callable[[float], float] | None:
-    if cfg.param != "sigmoid":
-        return None
-    t0, ratio = cfg.temperature, cfg.anneal
-    return lambda progress: t0 * ratio ** (-progress)
 
 
 def run_ticket(
@@ -500,54 +278,55 @@ def run_ticket(
     masks). Raising :class:`SkipTicket` in it ends the run without training the ticket
     (status ``skipped``; the binarised search-phase network is evaluated instead).
     """
-    run = _Run(data, config, on_epoch)
+    run = Trainer(data, config, on_epoch)
     method = ticket.penalty
 
     def body() -> RunResult:
         model = _build(factory, run)
         relaxed = M.attach_relaxed(model, ticket.mask)
-        term = (
-            _PenaltyTerm(relaxed, ticket, ticket.density if ticket.auto_strength else None)
-            if ticket.strength > 0
-            else None
+        found = search_phase(
+            run, model, relaxed, SearchPhase.of(ticket), snapshot_step=config.rewind_steps
         )
-
-        def lam() -> float | None:
-            return None if term is None else float(term.lam)
-
-        snapshot = run.train(
-            model,
-            ticket.search_epochs,
-            "search",
-            relaxed=relaxed,
-            penalty=term,
-            mask_lr=ticket.mask_lr,
-            temperature=_temperature_schedule(ticket.mask),
-            snapshot_step=config.rewind_steps,
-            density=lambda: M.soft_density(relaxed, ticket.threshold),
-        )
+        snapshot = found.snapshot
         assert snapshot is not None
-        masks = M.binarize(model, threshold=ticket.threshold, density=ticket.density)
-        message = _density_note(model, masks, ticket.density)
-        if select is not None:
-            try:
-                masks = select(model, masks)
-            except SkipTicket as exc:
-                # Evaluate the binarised search-phase network as it is, without retraining.
-                M.detach_masks(model, bake=False)
-                M.attach_fixed(model, masks)
-                result = run.result(method, model, masks, str(exc))
-                result.status = "skipped"
-                result.strength_final = lam()
-                return result
+        masks, message, skipped = choose_masks(run, model, ticket, select)
+        if skipped is not None:
+            skipped.strength_final = found.strength_final
+            return skipped
         _rewind(model, snapshot, masks, run)
         kept = M.global_density(model, masks)
-        run.train(model, config.epochs, "ticket", density=lambda: kept)
-        result = run.result(method, model, masks, message)
-        result.strength_final = lam()
+        run.fit(model, config.epochs, "ticket", density=lambda: kept)
+        result = result_of(run, method, model, masks, message)
+        result.strength_final = found.strength_final
         return result
 
     return _guard(method, run, body)
+
+
+def choose_masks(
+    run: Trainer,
+    model: nn.Module,
+    ticket: TicketConfig,
+    select: Callable[[nn.Module, M.Masks], M.Masks] | None,
+) -> tuple[M.Masks, str, RunResult | None]:
+    """After the search phase: binarise ``model``'s relaxed masks, let ``select`` cut them.
+
+    Returns the masks, a note on their density, and, when ``select`` raised
+    :class:`SkipTicket`, the result of the binarised search-phase network as it is (not
+    retrained; ``model`` is then baked).
+    """
+    masks = M.binarize(model, threshold=ticket.threshold, density=ticket.density)
+    message = _density_note(model, masks, ticket.density)
+    if select is None:
+        return masks, message, None
+    try:
+        return select(model, masks), message, None
+    except SkipTicket as exc:
+        M.detach_masks(model, bake=False)
+        M.attach_fixed(model, masks)
+        result = result_of(run, ticket.penalty, model, masks, str(exc))
+        result.status = "skipped"
+        return masks, message, result
 
 
 def _density_note(model: nn.Module, masks: M.Masks, target: float | None) -> str:
@@ -573,12 +352,12 @@ def _density_note(model: nn.Module, masks: M.Masks, target: float | None) -> str
 def run_dense(
     factory: ModelFactory, data: Dataset, config: TrainConfig, on_epoch: OnEpoch | None = None
 ) -> RunResult:
-    run = _Run(data, config, on_epoch)
+    run = Trainer(data, config, on_epoch)
 
     def body() -> RunResult:
         model = _build(factory, run)
-        run.train(model, config.epochs, "dense")
-        return run.result("dense", model, {})
+        run.fit(model, config.epochs, "dense")
+        return result_of(run, "dense", model, {})
 
     return _guard("dense", run, body)
 
@@ -615,13 +394,13 @@ def run_imp(
     baseline = baseline or BaselineConfig()
     mask_config = mask_config or M.MaskConfig()
     M.check_density(density)
-    run = _Run(data, config, on_epoch)
+    run = Trainer(data, config, on_epoch)
 
     def body() -> RunResult:
         model = _build(factory, run)
         names = _layer_names(model, mask_config)
         last = names[-1] if mask_config.mask_last else None
-        snapshot = run.train(model, config.epochs, "imp dense", snapshot_step=config.rewind_steps)
+        snapshot = run.fit(model, config.epochs, "imp dense", snapshot_step=config.rewind_steps)
         assert snapshot is not None
         rounds = _imp_rounds(density, baseline.prune_rate)
         current = 1.0
@@ -634,8 +413,8 @@ def run_imp(
                 scores = _imp_output_layer(scores, masks, last, baseline.prune_rate / 2)
             masks = M.top_k_masks(model, scores, scores, current)
             _rewind(model, snapshot, masks, run)
-            run.train(model, config.epochs, f"imp round {r}/{rounds}")
-        return run.result("imp", model, masks)
+            run.fit(model, config.epochs, f"imp round {r}/{rounds}")
+        return result_of(run, "imp", model, masks)
 
     return _guard("imp", run, body)
 
@@ -673,18 +452,18 @@ def run_magnitude(
     """One-shot global magnitude pruning after one dense schedule, then rewind and retrain."""
     mask_config = mask_config or M.MaskConfig()
     M.check_density(density)
-    run = _Run(data, config, on_epoch)
+    run = Trainer(data, config, on_epoch)
 
     def body() -> RunResult:
         model = _build(factory, run)
         names = _layer_names(model, mask_config)
-        snapshot = run.train(model, config.epochs, "dense", snapshot_step=config.rewind_steps)
+        snapshot = run.fit(model, config.epochs, "dense", snapshot_step=config.rewind_steps)
         assert snapshot is not None
         scores = _magnitudes(model, {}, names)
         masks = M.top_k_masks(model, scores, scores, density)
         _rewind(model, snapshot, masks, run)
-        run.train(model, config.epochs, "ticket")
-        return run.result("magnitude", model, masks)
+        run.fit(model, config.epochs, "ticket")
+        return result_of(run, "magnitude", model, masks)
 
     return _guard("magnitude", run, body)
 
@@ -700,7 +479,7 @@ def run_random(
     """A uniformly random mask at ``density``, trained for one schedule from initialisation."""
     mask_config = mask_config or M.MaskConfig()
     M.check_density(density)
-    run = _Run(data, config, on_epoch)
+    run = Trainer(data, config, on_epoch)
 
     def body() -> RunResult:
         model = _build(factory, run)
@@ -711,8 +490,8 @@ def run_random(
         masks = M.top_k_masks(model, scores, scores, density)
         M.attach_fixed(model, masks)
         run.silence(model, masks)
-        run.train(model, config.epochs, "ticket")
-        return run.result("random", model, masks)
+        run.fit(model, config.epochs, "ticket")
+        return result_of(run, "random", model, masks)
 
     return _guard("random", run, body)
 
@@ -735,7 +514,7 @@ def run_cs(
         anneal=baseline.cs_anneal,
     )
     M.check_density(density)
-    run = _Run(data, config, on_epoch)
+    run = Trainer(data, config, on_epoch)
     ticket = TicketConfig(
         penalty="l1",
         strength=baseline.cs_strength,
@@ -744,6 +523,7 @@ def run_cs(
         density=density,
         mask=mask_config,
     )
+    spec = SearchPhase.of(ticket)
 
     def body() -> RunResult:
         model = _build(factory, run)
@@ -755,17 +535,14 @@ def run_cs(
                 with torch.no_grad():  # surviving logits restart, removed ones stay removed
                     for m in relaxed.values():
                         m.score.copy_(torch.where(m.score > 0, init_score, m.score))
-            got = run.train(
+            got = search_phase(
+                run,
                 model,
-                baseline.cs_epochs,
-                f"cs round {r}/{baseline.cs_rounds}",
-                relaxed=relaxed,
-                penalty=_PenaltyTerm(relaxed, ticket, None),
-                mask_lr=ticket.mask_lr,
-                temperature=_temperature_schedule(mask_config),
+                relaxed,
+                spec,
+                name=f"cs round {r}/{baseline.cs_rounds}",
                 snapshot_step=config.rewind_steps if r == 1 else None,
-                density=lambda: M.soft_density(relaxed, 0.5),
-            )
+            ).snapshot
             snapshot = snapshot or got
         assert snapshot is not None
         # Rank by the logits themselves: at the final temperature sigmoid(s / T) underflows to
@@ -776,15 +553,63 @@ def run_cs(
                for n in relaxed}  # fmt: skip
         masks = M.top_k_masks(model, logits, tie, density)
         _rewind(model, snapshot, masks, run)
-        run.train(model, config.epochs, "ticket")
-        return run.result("cs", model, masks)
+        run.fit(model, config.epochs, "ticket")
+        return result_of(run, "cs", model, masks)
 
     return _guard("cs", run, body)
 
 
-# --- dispatch used by `compare` ------------------------------------------------------------------
+# --- the baselines registry, used by `compare` --------------------------------------------------
 
-BASELINES = ("dense", "imp", "cs", "magnitude", "random")
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline method: how to run it and how many epochs it spends (keyed by its name)."""
+
+    name: str
+    run: Callable[
+        [ModelFactory, Dataset, float, TrainConfig, M.MaskConfig, BaselineConfig, OnEpoch | None],
+        RunResult,
+    ]
+    epochs: Callable[[float, TrainConfig, BaselineConfig], int]
+    description: str
+
+
+BASELINES: dict[str, Baseline] = {
+    b.name: b
+    for b in (
+        Baseline(
+            "dense",
+            lambda f, d, density, c, m, b, cb: run_dense(f, d, c, cb),
+            lambda density, c, b: c.epochs,
+            "one schedule, no mask",
+        ),
+        Baseline(
+            "imp",
+            lambda f, d, density, c, m, b, cb: run_imp(f, d, density, c, b, m, cb),
+            lambda density, c, b: (_imp_rounds(density, b.prune_rate) + 1) * c.epochs,
+            "iterative magnitude pruning with rewinding",
+        ),
+        Baseline(
+            "cs",
+            lambda f, d, density, c, m, b, cb: run_cs(f, d, density, c, b, m, cb),
+            lambda density, c, b: b.cs_rounds * b.cs_epochs + c.epochs,
+            "Continuous Sparsification",
+        ),
+        Baseline(
+            "magnitude",
+            lambda f, d, density, c, m, b, cb: run_magnitude(f, d, density, c, m, cb),
+            lambda density, c, b: 2 * c.epochs,
+            "one-shot global magnitude pruning",
+        ),
+        Baseline(
+            "random",
+            lambda f, d, density, c, m, b, cb: run_random(f, d, density, c, m, cb),
+            lambda density, c, b: c.epochs,
+            "a uniformly random mask",
+        ),
+    )
+}
 
 
 def run_method(
@@ -799,18 +624,11 @@ def run_method(
 ) -> RunResult:
     """Run ``method`` (a penalty name or a baseline) at ``density`` under the shared protocol."""
     ticket = ticket or TicketConfig()
-    mask_cfg = ticket.mask
-    if method == "dense":
-        return run_dense(factory, data, config, on_epoch)
-    if method == "imp":
-        return run_imp(factory, data, density, config, baseline, mask_cfg, on_epoch)
-    if method == "cs":
-        return run_cs(factory, data, density, config, baseline, mask_cfg, on_epoch)
-    if method == "magnitude":
-        return run_magnitude(factory, data, density, config, mask_cfg, on_epoch)
-    if method == "random":
-        return run_random(factory, data, density, config, mask_cfg, on_epoch)
-    get_penalty(method)  # raises with the valid penalty names
+    if method in BASELINES:
+        b = BASELINES[method]
+        return b.run(factory, data, density, config, ticket.mask, baseline or BaselineConfig(),
+                     on_epoch)  # fmt: skip
+    lookup({n: n for n in method_names()}, method, "method")
     return run_ticket(
         factory, data, replace(ticket, penalty=method, density=density), config, on_epoch
     )
@@ -829,15 +647,6 @@ def planned_epochs(
     baseline: BaselineConfig | None = None,
 ) -> int:
     """Training epochs ``run_method`` will spend (for progress bars and compute budgets)."""
-    ticket = ticket or TicketConfig()
-    baseline = baseline or BaselineConfig()
-    e = config.epochs
-    if method == "dense" or method == "random":
-        return e
-    if method == "magnitude":
-        return 2 * e
-    if method == "imp":
-        return (_imp_rounds(density, baseline.prune_rate) + 1) * e
-    if method == "cs":
-        return baseline.cs_rounds * baseline.cs_epochs + e
-    return ticket.search_epochs + e
+    if method in BASELINES:
+        return BASELINES[method].epochs(density, config, baseline or BaselineConfig())
+    return (ticket or TicketConfig()).search_epochs + config.epochs

@@ -118,9 +118,8 @@ def test_interrupted_trial_is_rerun_on_resume(tmp_path: Path) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        search.run_search(
-            "s", storage, config, space, trials=2, device="cpu", on_epoch=ctrl_c, design=False
-        )
+        search.run_search("s", storage, config, space, trials=2, device="cpu", on_epoch=ctrl_c,
+                          batch_trials=1, design=False)  # fmt: skip
     study = stores.load_study("s", storage)
     (first,) = study.trials
     assert first.state == TrialState.FAIL and first.user_attrs["interrupted"]
@@ -129,6 +128,50 @@ def test_interrupted_trial_is_rerun_on_resume(tmp_path: Path) -> None:
     rerun = outcome.study.trials[-1]
     assert rerun.params == first.params and rerun.state == TrialState.COMPLETE
     assert rerun.user_attrs["retry_of"] == first.number
+
+
+def test_a_batched_study_tells_every_trial(tmp_path: Path) -> None:
+    config = _config()
+    space = search.apply_epochs(load_space("default"), 2)
+    storage = stores.open_storage(tmp_path / "s.journal", create=True)
+    told: list[int] = []
+    outcome = search.run_search(
+        "s",
+        storage,
+        config,
+        space,
+        trials=5,
+        device="cpu",
+        batch_trials=3,
+        on_trial=lambda s, t: told.append(t.number),
+    )
+    assert outcome.ran == outcome.total == 5 and sorted(told) == [0, 1, 2, 3, 4]
+    states = {t.state for t in outcome.study.trials}
+    assert states <= {TrialState.COMPLETE, TrialState.PRUNED}
+    done = [t for t in outcome.study.trials if t.state == TrialState.COMPLETE]
+    assert done and all("val_accuracy" in t.user_attrs and "flops" in t.user_attrs for t in done)
+    assert all(len(t.user_attrs["val_curve"]) == 2 for t in done)  # ticket epochs reported
+
+
+def test_interrupted_batch_reruns_every_member_on_resume(tmp_path: Path) -> None:
+    config = _config()
+    space = search.apply_epochs(load_space("default"), 1)
+    storage = stores.open_storage(tmp_path / "s.journal", create=True)
+
+    def ctrl_c(info: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search.run_search("s", storage, config, space, trials=3, device="cpu", on_epoch=ctrl_c,
+                          batch_trials=2, design=False)  # fmt: skip
+    study = stores.load_study("s", storage)
+    assert len(study.trials) == 2  # two trained together; the third was never asked for
+    assert all(t.state == TrialState.FAIL and t.user_attrs["interrupted"] for t in study.trials)
+    outcome = search.run_search("s", storage, config, space, trials=2, device="cpu", design=False)
+    assert sorted(outcome.retried) == [0, 1]
+    reruns = outcome.study.trials[2:]
+    assert sorted(t.user_attrs["retry_of"] for t in reruns) == [0, 1]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in reruns)
 
 
 def test_trial_of_a_dead_worker_is_failed_and_requeued(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from hwsparse import train as T
 from hwsparse.data import Dataset, load_dataset
 from hwsparse.errors import InputError
 from hwsparse.models import build_model
+from hwsparse.phase import SearchPhase, Trainer, search_phase
 
 CFG = T.TrainConfig(epochs=2, batch_size=128, device="cpu")
 
@@ -70,8 +71,8 @@ def test_snapshot_is_the_weights_of_step_k(digits: Dataset) -> None:
     torch.manual_seed(0)
     model = build_model("linear", digits.input_shape, digits.num_classes)
     initial = T.weight_state(model)
-    run = T._Run(digits, CFG, None)
-    snap = run.train(model, 2, "dense", snapshot_step=3)
+    run = Trainer(digits, CFG, None)
+    snap = run.fit(model, 2, "dense", snapshot_step=3)
     final = T.weight_state(model)
     assert snap is not None and snap.keys() == initial.keys()
     key = next(k for k in snap if k.endswith("weight"))
@@ -80,8 +81,8 @@ def test_snapshot_is_the_weights_of_step_k(digits: Dataset) -> None:
     # rerunning exactly 3 steps from the same start reproduces the snapshot
     torch.manual_seed(0)
     again = build_model("linear", digits.input_shape, digits.num_classes)
-    run2 = T._Run(digits, T.TrainConfig(epochs=1, batch_size=128, device="cpu"), None)
-    snap2 = run2.train(again, 1, "dense", snapshot_step=3)
+    run2 = Trainer(digits, T.TrainConfig(epochs=1, batch_size=128, device="cpu"), None)
+    snap2 = run2.fit(again, 1, "dense", snapshot_step=3)
     assert snap2 is not None
     torch.testing.assert_close(snap2[key], snap[key])
 
@@ -198,16 +199,7 @@ def test_sigmoid_parameterisation_anneals_to_binary(digits: Dataset) -> None:
     from hwsparse import masks as M
 
     relaxed = M.attach_relaxed(model, ticket.mask)
-    run = T._Run(digits, CFG, None)
-    run.train(
-        model,
-        3,
-        "search",
-        relaxed=relaxed,
-        penalty=T._PenaltyTerm(relaxed, ticket, None),
-        mask_lr=ticket.mask_lr,
-        temperature=T._temperature_schedule(ticket.mask),
-    )
+    search_phase(Trainer(digits, CFG, None), model, relaxed, SearchPhase.of(ticket))
     m = torch.cat([r.soft().detach().flatten() for r in relaxed.values()])
     # at T_0 / 200 almost every entry sits near 0 or 1
     assert ((m < 0.05) | (m > 0.95)).float().mean() > 0.9

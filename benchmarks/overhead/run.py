@@ -17,6 +17,7 @@ from hwsparse import masks as M
 from hwsparse import train as T
 from hwsparse.data import load_dataset
 from hwsparse.models import build_model
+from hwsparse.phase import SearchPhase, Trainer, search_phase
 
 CASES = [
     ("digits", "mlp"),
@@ -34,21 +35,13 @@ def epoch_seconds(
     torch.manual_seed(0)
     model = build_model(model_name, data.input_shape, data.num_classes)
     cfg = T.TrainConfig(epochs=epochs, batch_size=batch, device="cpu")
-    run = T._Run(data, cfg, None)
+    run = Trainer(data, cfg, None)
     if not masked:
-        run.train(model, epochs, "plain")
+        run.fit(model, epochs, "plain")
     else:
-        ticket = T.TicketConfig(mask=M.MaskConfig(param=param))
+        ticket = T.TicketConfig(search_epochs=epochs, mask=M.MaskConfig(param=param))
         relaxed = M.attach_relaxed(model, ticket.mask)
-        run.train(
-            model,
-            epochs,
-            "search",
-            relaxed=relaxed,
-            penalty=T._PenaltyTerm(relaxed, ticket, None),
-            mask_lr=ticket.mask_lr,
-            temperature=T._temperature_schedule(ticket.mask),
-        )
+        search_phase(run, model, relaxed, SearchPhase.of(ticket))
     return statistics.median(h.seconds for h in run.history)
 
 

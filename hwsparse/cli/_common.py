@@ -150,6 +150,20 @@ Model = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        help="Training precision: auto (bf16 on a GPU that supports it, else fp32), fp32, bf16, "
+        "or fp16 (with loss scaling). Evaluation is always fp32."
+    ),
+]
+BatchSize = Annotated[
+    int | None, typer.Option(help="Training samples per optimiser step (default 64).")
+]
+Deterministic = Annotated[
+    bool,
+    typer.Option(help="Deterministic torch algorithms: repeatable on a GPU, and slower there."),
+]
 TrustCode = Annotated[
     bool,
     typer.Option(

@@ -20,15 +20,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from hwsparse import accel as A
 from hwsparse import api
 from hwsparse import train as T
 from hwsparse.cli import app
 from hwsparse.cli._common import (
     AsJson,
+    BatchSize,
     DataDir,
     Dataset,
+    Deterministic,
     Device,
     Model,
+    Precision,
     Threads,
     err,
     live_progress,
@@ -40,6 +44,12 @@ from hwsparse.cli._common import (
 from hwsparse.errors import InputError
 from hwsparse.masks import MaskConfig, check_density
 from hwsparse.preset import load_preset
+
+
+def _batch(batch_size: int | None) -> int:
+    """``--batch-size``, or the schedule's default."""
+    return T.TrainConfig.batch_size if batch_size is None else batch_size
+
 
 FLOPS_NOTE = "FLOPs: fvcore count, 1 multiply-add = 1 flop, batch 1, masked weights removed"
 
@@ -138,6 +148,9 @@ def ticket(
     rewind_steps: RewindSteps = 0,
     seed: Seed = 0,
     device: Device = "auto",
+    precision: Precision = "auto",
+    batch_size: BatchSize = None,
+    deterministic: Deterministic = False,
     threads: Threads = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Save the ticket (weights, mask, config) here.")
@@ -177,9 +190,10 @@ def ticket(
             mask=mask,
         )
         train = T.TrainConfig(
-            epochs=epochs, lr=lr, rewind_steps=rewind_steps, seed=seed, device=device
-        )
-        T.resolve_device(device)
+            epochs=epochs, lr=lr, rewind_steps=rewind_steps, seed=seed, device=device,
+            precision=precision, batch_size=_batch(batch_size), deterministic=deterministic,
+        )  # fmt: skip
+        A.select_precision(precision, T.resolve_device(device))
         if preset is not None:
             config, train = with_preset(ctx, preset, dataset, model, density, config, train)
             search_epochs = config.search_epochs
@@ -304,6 +318,9 @@ def compare(
     lr: Lr = 1e-3,
     rewind_steps: RewindSteps = 0,
     device: Device = "auto",
+    precision: Precision = "auto",
+    batch_size: BatchSize = None,
+    deterministic: Deterministic = False,
     threads: Threads = None,
     as_json: AsJson = False,
 ) -> None:
@@ -316,8 +333,11 @@ def compare(
         set_threads(threads)
         names = api.parse_methods(methods)
         seed_list = api.parse_seeds(seeds)
-        train = T.TrainConfig(epochs=epochs, lr=lr, rewind_steps=rewind_steps, device=device)
-        T.resolve_device(device)
+        train = T.TrainConfig(
+            epochs=epochs, lr=lr, rewind_steps=rewind_steps, device=device, precision=precision,
+            batch_size=_batch(batch_size), deterministic=deterministic,
+        )  # fmt: skip
+        A.select_precision(precision, T.resolve_device(device))
         check_density(density)
         config = T.TicketConfig(auto_strength=True, density=density, search_epochs=search_epochs)
         total = sum(T.planned_epochs(m, density, train, config) for m in names) * len(seed_list)

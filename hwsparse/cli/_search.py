@@ -18,10 +18,13 @@ from hwsparse import train as T
 from hwsparse.cli import app
 from hwsparse.cli._common import (
     AsJson,
+    BatchSize,
     DataDir,
     Dataset,
+    Deterministic,
     Device,
     Model,
+    Precision,
     StudyBars,
     Threads,
     TrustCode,
@@ -142,6 +145,17 @@ def search_cmd(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler and of the trials.")] = 0,
     device: Device = "auto",
+    precision: Precision = "auto",
+    batch_size: BatchSize = None,
+    deterministic: Deterministic = False,
+    batch_trials: Annotated[
+        str,
+        typer.Option(
+            help="Trials trained together in one batched population: a number, or auto "
+            "(on a GPU as many as fit in memory; on a CPU 1, as batching measured no faster "
+            "there). 1 trains one at a time."
+        ),
+    ] = "auto",
     threads: Threads = None,
     preset: Annotated[
         Path | None,
@@ -177,6 +191,9 @@ def search_cmd(
             raise InputError(f"--trials must be >= 1 (got {trials})")
         tgt, budget, budget_source = _budget(target, latency_ms, flash_kb, ram_kb, max_mflops)
         sp = search.apply_epochs(load_space(space), epochs)
+        sp = search.apply_batch_size(sp, batch_size)
+        search.check_device(device, precision)
+        search.parse_batch_trials(batch_trials, device, precision)
         first: list[dict[str, Any]] | None = None
         from_file = warm_start is not None and warm_start.endswith((".yaml", ".yml"))
         if preset is not None and from_file:
@@ -240,6 +257,9 @@ def search_cmd(
                 on_epoch=on_epoch,
                 on_trial_start=on_trial_start,
                 enqueue=first,
+                precision=precision,
+                deterministic=deterministic,
+                batch_trials=batch_trials,
             )
     if outcome.ran == 0 and more is None:
         err.print(

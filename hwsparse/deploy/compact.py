@@ -209,6 +209,16 @@ def _silenced_entries(
             yield mean, d, False
 
 
+def silenced_parameters(model: nn.Module, dead: DeadChannels) -> dict[str, Tensor]:
+    """Parameter name -> the entries :func:`silence` keeps at zero through a gradient hook
+    (bool, the parameter's shape), for a loop that trains stacked copies of the parameters
+    (hwsparse.population) instead of ``model``'s own."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {
+        names[id(t)]: d for t, d, hook in _silenced_entries(model, dead) if hook and id(t) in names
+    }
+
+
 def silence(
     model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, Tensor] | None
 ) -> Silenced:
