@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from hwsparse import artifact_store as A
 from hwsparse import masks as M
+from hwsparse import storage as stores
 from hwsparse import train as T
 from hwsparse.cost.budget import BudgetCutter, check_floors, floors
 from hwsparse.cost.estimate import Budget, CostReport, estimate
@@ -48,17 +49,11 @@ from hwsparse.deploy.quantize import accuracy, calibration_batch, simulate
 from hwsparse.errors import InputError
 from hwsparse.models import build_model
 from hwsparse.penalties import get_penalty
+from hwsparse.recovery import mark_worker, recover_interrupted, retried_numbers
 from hwsparse.space import SearchSpace
-from hwsparse.storage import (
-    WORKER_LOCK_ATTR,
-    Storage,
-    fetch_ticket,
-    journal_path,
-    recover_interrupted,
-    worker_id,
-    worker_lock,
-)
+from hwsparse.storage import Storage
 from hwsparse.tickets import META_FILE, WEIGHTS_FILE, load_ticket, save_ticket
+from hwsparse.workers import SEED_STRIDE, worker_index
 
 STOP_AFTER_SAME_ERRORS = 3  # identical errors in a row, no trial trained: stop the study
 CONFIG_ATTR = "hwsparse_config"
@@ -227,8 +222,7 @@ class Objective:
         self.metrics = metrics
         self.on_epoch = on_epoch
         self.on_trial_start = on_trial_start
-        self.store = FileSystemArtifactStore(str(storage.artifacts))
-        storage.artifacts.mkdir(parents=True, exist_ok=True)
+        self.store = A.open_store(storage.artifacts)  # the study's location (run_search)
         self.dtype = profile.engine().dtype  # the precision the target runs the ticket at
         self.calibration = calibration_batch(data.x_train)
         self.last_error: str | None = None  # the InputError of the trials just before
@@ -240,11 +234,7 @@ class Objective:
         return build_model(self.config.model, self.data.input_shape, self.data.num_classes)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        trial.set_user_attr("worker", worker_id())
-        journal = journal_path(trial.study)
-        if journal is not None:
-            trial.set_user_attr(WORKER_LOCK_ATTR, worker_lock(journal))
-        trial.set_user_attr("heartbeat", time.time())
+        mark_worker(trial, self.storage)
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number)
         values = suggest(trial, self.space)
@@ -354,7 +344,7 @@ class Objective:
     def _epoch_hook(
         self, trial: optuna.Trial, curve: list[float], cutter: BudgetCutter
     ) -> T.OnEpoch:
-        """Heartbeat every epoch; early stopping on the ticket phase only.
+        """Early stopping on the ticket phase only.
 
         The search phase is not judged: there a candidate that will not fit the budget looks
         as good as any, and a pruner would stop the feasible ones for being smaller. Ticket
@@ -363,7 +353,6 @@ class Objective:
         peers: list[FrozenTrial] = []
 
         def hook(info: T.EpochInfo) -> None:
-            trial.set_user_attr("heartbeat", time.time())
             if self.on_epoch is not None:
                 self.on_epoch(info)
             if info.phase != "ticket":
@@ -415,11 +404,7 @@ class Objective:
             )
             for name in (META_FILE, WEIGHTS_FILE):
                 try:
-                    artifact = upload_artifact(
-                        artifact_store=self.store,
-                        file_path=str(folder / name),
-                        study_or_trial=trial,
-                    )
+                    artifact = A.upload(self.store, folder / name, trial)
                 except OSError as exc:  # a full disk: say where (copying leaves no filename)
                     where = exc.filename or str(self.storage.artifacts)
                     raise OSError(exc.errno, exc.strerror, where) from None
@@ -477,7 +462,7 @@ def count_finished(study: optuna.Study) -> int:
     """Finished trials (complete, pruned, failed), not counting a failed trial that is queued
     to run again (``retry_of``): its re-run counts instead."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = retried_numbers(trials)
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return sum(
         t.state in done and not (t.state == TrialState.FAIL and t.number in retried)
@@ -540,6 +525,7 @@ def run_search(
     in_total: bool = False,
     on_trial_start: Callable[[int], None] | None = None,
     enqueue: dict[str, Any] | None = None,
+    pick_best: bool = True,
 ) -> SearchOutcome:
     """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s).
 
@@ -548,6 +534,9 @@ def run_search(
     default) or ``random`` (a baseline for benchmarks). ``on_trial_start(number)`` is called
     as each trial begins, ``on_epoch`` after each of its training epochs. ``enqueue``: params
     of a first trial (``--preset --warm-start``), queued when the study has no trial yet.
+    Several workers may run it on one study at once (``in_total`` is then the study's total:
+    a worker starts no trial once the finished and running ones reach it). ``pick_best=False``
+    leaves the final pick to the caller (the parent of ``--workers``).
     """
     if trials < 1:
         raise InputError(f"--trials must be >= 1 (got {trials})")
@@ -562,26 +551,26 @@ def run_search(
     check_floors(config.budget, floors(profile, dense, data.input_shape, model_name=config.model))
     config.budget.values(report)  # raises when the profile cannot judge a set limit
     directions, metrics = directions_for(config, report.latency_ms is not None)
-    names = optuna.study.get_all_study_names(storage=storage.backend)
-    if study_name in names:
-        study = optuna.load_study(study_name=study_name, storage=storage.backend)
-        check_resume(study, config)
-    else:
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=storage.backend,
-            directions=directions,
-            load_if_exists=True,  # another worker may have created it a moment ago
-        )
-        study.set_user_attr(CONFIG_ATTR, config.to_dict())
+    if study_name not in optuna.study.get_all_study_names(storage=storage.backend):
+        A.check_writable(A.for_new_study(storage))  # before the study depends on it
+
+    def describe(study: optuna.Study) -> None:
         study.set_user_attr("metrics", metrics)
-        study.set_user_attr("artifacts", str(storage.artifacts))
+        study.set_user_attr(A.ATTR, A.for_new_study(storage))
         study.set_user_attr("input_shape", list(data.input_shape))
         study.set_user_attr("dense", {"flops": report.flops, "latency_ms": report.latency_ms})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metrics)  # shown by optuna-dashboard and the optuna CLI
-    retried = recover_interrupted(study)
+        study.set_user_attr(CONFIG_ATTR, config.to_dict())  # last: the study is described
+
+    def check(study: optuna.Study) -> None:
+        check_resume(study, config)
+        A.check_writable(A.of_study(study, storage))
+
+    study = stores.open_study(study_name, storage, directions, describe, check, CONFIG_ATTR)
+    storage = replace(storage, artifacts=A.of_study(study, storage))
+    retried = recover_interrupted(study, storage)
     if enqueue and not study.trials:
         study.enqueue_trial(enqueue, user_attrs={"warm_start": True})
     before = count_finished(study)
@@ -590,7 +579,7 @@ def run_search(
     # or a second worker does not replay the first one's startup trials.
     # TPE models the space after 5 random trials (Optuna's default is 10: too late for short
     # studies; benchmarks/search measures the effect).
-    seed = config.seed + len(study.trials)
+    seed = config.seed + len(study.trials) + SEED_STRIDE * worker_index()
     if sampler == "random":
         study.sampler = optuna.samplers.RandomSampler(seed=seed)
     elif sampler == "tpe":
@@ -610,6 +599,9 @@ def run_search(
     def count(s: optuna.Study, t: FrozenTrial) -> None:
         nonlocal ran
         ran += 1
+        running = s.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if in_total and count_finished(s) + len(running) >= trials:
+            s.stop()  # other workers finish the rest
 
     if to_run > 0:
         study.optimize(
@@ -625,7 +617,9 @@ def run_search(
                 f"stopped study {study_name!r}: its last {objective.same_errors} trials failed "
                 f"with the same error, so every trial would: {objective.systematic}"
             )
-    pick, test_acc = pick_and_test(study, storage, data, profile.engine().dtype)
+    pick, test_acc = (
+        pick_and_test(study, storage, data, profile.engine().dtype) if pick_best else (None, None)
+    )
     return SearchOutcome(
         study,
         storage,
@@ -689,7 +683,7 @@ def pick_and_test(
     with tempfile.TemporaryDirectory() as tmp:
         # the study's model is the one this caller named (run_search checked it on resume)
         model = str((study.user_attrs.get(CONFIG_ATTR) or {}).get("model", ""))
-        ticket = load_ticket(fetch_ticket(study, chosen, storage, Path(tmp)), model=model)
+        ticket = load_ticket(A.fetch_ticket(study, chosen, storage, Path(tmp)), model=model)
     x, y = data.x_test.cpu(), data.y_test.cpu()
     deployed = simulate(ticket.model, dtype, calibration_batch(data.x_train))
     acc, fp32 = accuracy(deployed, x, y), accuracy(ticket.model, x, y)
