@@ -23,6 +23,7 @@ import os
 import re
 import socket
 import uuid
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -137,7 +138,9 @@ def recover_interrupted(study: optuna.Study, storage: Storage) -> list[int]:
     the numbers of the trials that will run again."""
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if storage.journal is None:
-        optuna.storages.fail_stale_trials(study)  # heartbeat: fails and re-enqueues (retry)
+        with warnings.catch_warnings():  # as Optuna's own optimize loop calls it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # heartbeat: fails and queues a retry
     again: list[int] = []
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)

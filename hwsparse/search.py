@@ -56,6 +56,7 @@ from hwsparse.tickets import META_FILE, WEIGHTS_FILE, load_ticket, save_ticket
 from hwsparse.workers import SEED_STRIDE, worker_index
 
 STOP_AFTER_SAME_ERRORS = 3  # identical errors in a row, no trial trained: stop the study
+OTHERS_POLL_S = 0.5  # how often a worker with nothing left to start looks at the others' trials
 CONFIG_ATTR = "hwsparse_config"
 PICK_ATTR = "hwsparse_pick"
 
@@ -470,6 +471,22 @@ def count_finished(study: optuna.Study) -> int:
     )
 
 
+def others_finish(study: optuna.Study, storage: Storage, total: int) -> bool:
+    """Whether this worker should stop because the study reaches ``total`` finished trials
+    with the ones other workers are running. While it would reach it only with those, wait:
+    a trial of a dead worker is failed and queued again (:func:`recover_interrupted`), and
+    this worker then runs it instead of leaving it."""
+    while True:
+        finished = count_finished(study)
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if finished >= total:
+            return True
+        if finished + running < total:
+            return False
+        recover_interrupted(study, storage)
+        time.sleep(OTHERS_POLL_S)
+
+
 def check_resume(study: optuna.Study, config: SearchConfig) -> None:
     """A resumed study must have the same dataset, model, target, budget, objective, space."""
     check_stored_config(study, config.to_dict(), "search")
@@ -599,9 +616,8 @@ def run_search(
     def count(s: optuna.Study, t: FrozenTrial) -> None:
         nonlocal ran
         ran += 1
-        running = s.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if in_total and count_finished(s) + len(running) >= trials:
-            s.stop()  # other workers finish the rest
+        if in_total and others_finish(s, storage, trials):
+            s.stop()
 
     if to_run > 0:
         study.optimize(

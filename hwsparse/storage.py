@@ -22,6 +22,8 @@ import json
 import os
 import socket
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -169,13 +171,18 @@ def _open_rdb(url: str, heartbeat_s: int) -> RDBStorage:
         kwargs = {"connect_args": {"connect_timeout": 10}}
     for attempt in range(5):
         try:
-            return RDBStorage(
-                url,
-                engine_kwargs=kwargs,
-                heartbeat_interval=heartbeat_s,
-                grace_period=GRACE_BEATS * heartbeat_s,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
+            with warnings.catch_warnings():  # the heartbeat's retry callback is "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = RDBStorage(
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=GRACE_BEATS * heartbeat_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+            # its pooled connections are closed when it goes, not left to the garbage collector
+            weakref.finalize(storage, storage.engine.dispose)
+            return storage
         except Exception as exc:  # sqlalchemy raises many kinds for a bad URL or server
             line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if attempt < 4 and _schema_race(line):
