@@ -235,7 +235,7 @@ def search_cmd(
         store = artifacts.choose(store, artifacts_at)
         planned = _planned(store, study, trials, more)
         gpu_ids = _gpus(gpus, device, workers)
-        n = workers if workers > 1 else len(gpu_ids)
+        n, by_workers = (workers if workers > 1 else len(gpu_ids)), 0
         if n > 1 or gpus is not None:
             goal = trials if more is None else planned + _finished(store, study)
             args = _worker_args(
@@ -244,8 +244,9 @@ def search_cmd(
                 seed, preset, warm_start, heartbeat,
             )  # fmt: skip
             plans = parallel.plan(n, gpu_ids, threads or os.cpu_count() or 1)
-            _run_workers(store, study, args, plans, planned, as_json)
+            by_workers = _run_workers(store, study, args, plans, planned, as_json)
             more, trials = None, goal  # the parent picks (and runs what a dead worker left)
+            planned = max(0, goal - _finished(store, study))
         with StudyBars(f"study {study}", planned, live_progress(as_json), as_json, err) as bars:
             started = [False]
 
@@ -281,6 +282,7 @@ def search_cmd(
                 enqueue=first,
                 pick_best=not no_pick,
             )
+    outcome.ran += by_workers
     if outcome.ran == 0 and more is None:
         err.print(
             f"study {study} already has {outcome.total} trials (--trials {trials} is the "
@@ -416,14 +418,19 @@ def _run_workers(
     plans: list[parallel.WorkerPlan],
     planned: int,
     as_json: bool,
-) -> None:
+) -> int:
     """Run the workers to the end, showing the study's finished trials as they come (one
-    display for all); a worker that fails ends the command with its error line."""
+    display for all); returns how many trials finished meanwhile. A worker that fails ends the
+    command with its error line."""
     with tempfile.TemporaryDirectory() as logs, StudyBars(
         f"study {study}: {len(plans)} workers", planned, live_progress(as_json), as_json, err
     ) as bars:  # fmt: skip
+        before = set()
+        if study in optuna.study.get_all_study_names(storage=store.backend):
+            trials = stores.load_study(study, store).get_trials(deepcopy=False)
+            before = {t.number for t in trials if t.state.is_finished()}
+        seen = set(before)
         procs = parallel.start(args, plans, Path(logs))
-        seen: set[int] = set()
         try:
             while True:
                 done = all(p.poll() is not None for p in procs)
@@ -444,6 +451,7 @@ def _run_workers(
             if p.returncode != 0:
                 line = parallel.last_line(Path(logs), plan.index).removeprefix("error: ")
                 raise InputError(f"worker {plan.index} exited {p.returncode}: {line}")
+    return len(seen - before)
 
 
 def _planned(store: stores.Storage, study: str, trials: int, more: int | None) -> int:
