@@ -35,13 +35,14 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from hwsparse import accel as A
+from hwsparse import artifact_store as AS
 from hwsparse import masks as M
+from hwsparse import storage as stores
 from hwsparse import train as T
 from hwsparse.cost.budget import BudgetCutter, check_floors, floors, largest_fitting_density
 from hwsparse.cost.estimate import Budget, CostReport, estimate
@@ -53,19 +54,14 @@ from hwsparse.models import build_model
 from hwsparse.penalties import get_penalty
 from hwsparse.population import MAX_SLOTS, Candidate, Population, auto_slots
 from hwsparse.preset import REGULARIZER_KNOBS, fits_param
+from hwsparse.recovery import mark_worker, recover_interrupted, retried_numbers
 from hwsparse.space import SearchSpace
-from hwsparse.storage import (
-    WORKER_LOCK_ATTR,
-    Storage,
-    fetch_ticket,
-    journal_path,
-    recover_interrupted,
-    worker_id,
-    worker_lock,
-)
+from hwsparse.storage import Storage
 from hwsparse.tickets import META_FILE, WEIGHTS_FILE, load_ticket, save_ticket
+from hwsparse.workers import SEED_STRIDE, worker_index
 
 STOP_AFTER_SAME_ERRORS = 3  # identical errors in a row, no trial trained: stop the study
+OTHERS_POLL_S = 0.5  # how often a worker with nothing left to start looks at the others' trials
 CONFIG_ATTR = "hwsparse_config"
 PICK_ATTR = "hwsparse_pick"
 
@@ -256,8 +252,7 @@ class Objective:
         self.metrics = metrics
         self.on_epoch = on_epoch
         self.on_trial_start = on_trial_start
-        self.store = FileSystemArtifactStore(str(storage.artifacts))
-        storage.artifacts.mkdir(parents=True, exist_ok=True)
+        self.store = AS.open_store(storage.artifacts)  # the study's location (run_search)
         self.dtype = profile.engine().dtype  # the precision the target runs the ticket at
         self.calibration = calibration_batch(data.x_train)
         self.last_error: str | None = None  # the InputError of the trials just before
@@ -281,11 +276,7 @@ class Objective:
     def prepare(self, trial: optuna.Trial) -> Candidate:
         """Suggest the trial's knobs and build its training job (the trial is the ``tag``);
         a combination this model cannot take prunes the trial."""
-        trial.set_user_attr("worker", worker_id())
-        journal = journal_path(trial.study)
-        if journal is not None:
-            trial.set_user_attr(WORKER_LOCK_ATTR, worker_lock(journal))
-        trial.set_user_attr("heartbeat", time.time())
+        mark_worker(trial, self.storage)
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number)
         values = suggest(trial, self.space)
@@ -413,7 +404,7 @@ class Objective:
     def _epoch_hook(
         self, trial: optuna.Trial, curve: list[float], cutter: BudgetCutter
     ) -> T.OnEpoch:
-        """Heartbeat every epoch; early stopping on the ticket phase only.
+        """Early stopping on the ticket phase only.
 
         The search phase is not judged: there a candidate that will not fit the budget looks
         as good as any, and a pruner would stop the feasible ones for being smaller. Ticket
@@ -422,7 +413,6 @@ class Objective:
         peers: list[FrozenTrial] = []
 
         def hook(info: T.EpochInfo) -> None:
-            trial.set_user_attr("heartbeat", time.time())
             if self.on_epoch is not None:
                 self.on_epoch(info)
             if info.phase != "ticket":
@@ -474,11 +464,7 @@ class Objective:
             )
             for name in (META_FILE, WEIGHTS_FILE):
                 try:
-                    artifact = upload_artifact(
-                        artifact_store=self.store,
-                        file_path=str(folder / name),
-                        study_or_trial=trial,
-                    )
+                    artifact = AS.upload(self.store, folder / name, trial)
                 except OSError as exc:  # a full disk: say where (copying leaves no filename)
                     where = exc.filename or str(self.storage.artifacts)
                     raise OSError(exc.errno, exc.strerror, where) from None
@@ -536,12 +522,28 @@ def count_finished(study: optuna.Study) -> int:
     """Finished trials (complete, pruned, failed), not counting a failed trial that is queued
     to run again (``retry_of``): its re-run counts instead."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = retried_numbers(trials)
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return sum(
         t.state in done and not (t.state == TrialState.FAIL and t.number in retried)
         for t in trials
     )
+
+
+def others_finish(study: optuna.Study, storage: Storage, total: int) -> bool:
+    """Whether this worker should stop because the study reaches ``total`` finished trials
+    with the ones other workers are running. While it would reach it only with those, wait:
+    a trial of a dead worker is failed and queued again (:func:`recover_interrupted`), and
+    this worker then runs it instead of leaving it."""
+    while True:
+        finished = count_finished(study)
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if finished >= total:
+            return True
+        if finished + running < total:
+            return False
+        recover_interrupted(study, storage)
+        time.sleep(OTHERS_POLL_S)
 
 
 def check_resume(study: optuna.Study, config: SearchConfig) -> None:
@@ -670,11 +672,13 @@ def run_batched(
     timeout: float | None,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
     slots: int,
+    stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """Optuna ask/tell over a population: ask for trials while a slot is free, train the
     members an epoch at a time, tell each trial's result as its member leaves (finished,
     pruned, diverged). A trial the population cannot take (another batch size) trains alone.
-    Like ``study.optimize(catch=())``, a failure fails its trial and is raised."""
+    Like ``study.optimize(catch=())``, a failure fails its trial and is raised; no trial is
+    asked for once ``stop()`` says so (the study has its trials, with other workers')."""
     started = time.monotonic()
     asked = 0
     pop: Population | None = None
@@ -687,7 +691,7 @@ def run_batched(
 
     def want() -> bool:
         late = timeout is not None and time.monotonic() - started > timeout
-        return asked < n_trials and not late and objective.systematic is None
+        return asked < n_trials and not late and objective.systematic is None and not stop()
 
     def settle(trial: optuna.Trial, job: Candidate, outcome: T.RunResult | Exception) -> None:
         if isinstance(outcome, InputError):  # pruned with its reason, as a solo trial is
@@ -785,6 +789,7 @@ def run_search(
     deterministic: bool = False,
     worker: int = 0,
     batch_trials: int | str = "auto",
+    pick_best: bool = True,
 ) -> SearchOutcome:
     """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s).
 
@@ -799,6 +804,9 @@ def run_search(
     ``worker`` (0-based) spreads ``auto``/``cuda`` workers over the GPUs. ``batch_trials``:
     how many trials train together in one population (:mod:`hwsparse.population`), an int
     or ``auto``; 1 trains them one at a time through ``study.optimize``.
+    Several workers may run it on one study at once (``in_total`` is then the study's total:
+    a worker starts no trial once the finished and running ones reach it). ``pick_best=False``
+    leaves the final pick to the caller (the parent of ``--workers``).
     """
     if trials < 1:
         raise InputError(f"--trials must be >= 1 (got {trials})")
@@ -813,36 +821,40 @@ def run_search(
     check_floors(config.budget, floors(profile, dense, data.input_shape, model_name=config.model))
     config.budget.values(report)  # raises when the profile cannot judge a set limit
     directions, metrics = directions_for(config, report.latency_ms is not None)
-    names = optuna.study.get_all_study_names(storage=storage.backend)
-    if study_name in names:
-        study = optuna.load_study(study_name=study_name, storage=storage.backend)
-        check_resume(study, config)
-    else:
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=storage.backend,
-            directions=directions,
-            load_if_exists=True,  # another worker may have created it a moment ago
-        )
-        study.set_user_attr(CONFIG_ATTR, config.to_dict())
+    if study_name not in optuna.study.get_all_study_names(storage=storage.backend):
+        AS.check_writable(AS.for_new_study(storage))  # before the study depends on it
+
+    def describe(study: optuna.Study) -> None:
+        """Run by the worker that creates the study, before any other can use it."""
         study.set_user_attr("metrics", metrics)
-        study.set_user_attr("artifacts", str(storage.artifacts))
+        study.set_user_attr(AS.ATTR, AS.for_new_study(storage))
         study.set_user_attr("input_shape", list(data.input_shape))
         study.set_user_attr("dense", {"flops": report.flops, "latency_ms": report.latency_ms})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metrics)  # shown by optuna-dashboard and the optuna CLI
-    retried = recover_interrupted(study)
-    before = count_finished(study)
-    to_run = max(0, trials - before) if in_total else trials
-    if not study.trials:  # first trials, as many as this run will do (none left waiting)
+        # the first trials, once, as many as the study will have (none left waiting)
         factory = lambda: build_model(config.model, data.input_shape, data.num_classes)  # noqa: E731
         first = enqueue or (
             initial_design(config, space, profile, factory, data.input_shape) if design else []
         )
-        for params in first[:to_run]:
+        for params in first[:trials]:
             study.enqueue_trial(params, user_attrs={"warm_start": True})
-    study.sampler = make_sampler(sampler, config.seed + len(study.trials))
+        study.set_user_attr(CONFIG_ATTR, config.to_dict())  # last: the study is described
+
+    def check(study: optuna.Study) -> None:
+        check_resume(study, config)
+        AS.check_writable(AS.of_study(study, storage))
+
+    study = stores.open_study(study_name, storage, directions, describe, check, CONFIG_ATTR)
+    storage = replace(storage, artifacts=AS.of_study(study, storage))
+    retried = recover_interrupted(study, storage)
+    before = count_finished(study)
+    to_run = max(0, trials - before) if in_total else trials
+    # a second worker must not replay the first one's startup trials
+    study.sampler = make_sampler(
+        sampler, config.seed + len(study.trials) + SEED_STRIDE * worker_index()
+    )
     if config.objective == "budget":
         study.pruner = make_pruner(pruner)
     objective = Objective(
@@ -852,14 +864,21 @@ def run_search(
     callbacks = [lambda s, t: on_trial(s, t)] if on_trial is not None else []
     ran = 0
 
+    enough = [False]  # the study has its trials (with other workers'): start no more
+
     def count(s: optuna.Study, t: FrozenTrial) -> None:
         nonlocal ran
         ran += 1
+        if in_total and others_finish(s, storage, trials):
+            enough[0] = True
+            s.stop()
 
     slots = batch_slots(batch_trials, config, data, device, precision)
     if to_run > 0 and slots > 1:
         objective.batched = True
-        run_batched(study, objective, to_run, timeout, [count, *callbacks], slots)
+        run_batched(
+            study, objective, to_run, timeout, [count, *callbacks], slots, lambda: enough[0]
+        )
     elif to_run > 0:
         study.optimize(
             objective,
@@ -875,7 +894,9 @@ def run_search(
                 f"stopped study {study_name!r}: its last {objective.same_errors} trials failed "
                 f"with the same error, so every trial would: {objective.systematic}"
             )
-    pick, test_acc = pick_and_test(study, storage, data, profile.engine().dtype)
+    pick, test_acc = (
+        pick_and_test(study, storage, data, profile.engine().dtype) if pick_best else (None, None)
+    )
     return SearchOutcome(
         study,
         storage,
@@ -1071,7 +1092,7 @@ def pick_and_test(
     with tempfile.TemporaryDirectory() as tmp:
         # the study's model is the one this caller named (run_search checked it on resume)
         model = str((study.user_attrs.get(CONFIG_ATTR) or {}).get("model", ""))
-        ticket = load_ticket(fetch_ticket(study, chosen, storage, Path(tmp)), model=model)
+        ticket = load_ticket(AS.fetch_ticket(study, chosen, storage, Path(tmp)), model=model)
     x, y = data.x_test.cpu(), data.y_test.cpu()
     deployed = simulate(ticket.model, dtype, calibration_batch(data.x_train))
     # fp32 through the routine that measured val during training (same batching)

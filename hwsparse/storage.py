@@ -1,63 +1,65 @@
-"""Optuna storages, artifact stores and crash recovery: where studies live and how a study
-survives a killed worker.
+"""Optuna storages and studies: where studies live, and how workers create or join one.
 
 One storage URL (or journal file) is the only coordination point: every worker process that
-opens the same storage joins the same studies. Journal files get repaired or refused on open
-(:mod:`hwsparse._journal`); their writes are cut back when they fail, so no torn record stays.
+opens the same storage joins the same studies, on this machine or on others (an RDB server such
+as PostgreSQL). Journal files get repaired or refused on open (:mod:`hwsparse._journal`); their
+writes are cut back when they fail, so no torn record stays.
 
-Crash safety. Finished trials are in the storage the moment they finish. A trial interrupted
-by Ctrl-C is failed with ``interrupted`` set; a trial whose worker was killed stays RUNNING and
-is recognised on the next run: on journal storages, each worker holds an ``flock`` on its own
-lock file (``NAME.workers/<id>.lock``), which the OS releases when the process dies, whatever
-its PID namespace; elsewhere, by process id on the same host and by heartbeat
-(``STALE_AFTER_S``) across hosts. Either way its parameters are enqueued again once
-(``retry_of``), so a resumed study re-runs it.
+Where things go. Runs default to ``./runs`` under the folder the command runs in;
+``HWSPARSE_HOME`` names another folder for them, ``--storage`` another storage. A study keeps
+its tickets in the artifact location it was created with (:mod:`hwsparse.artifact_store`),
+recorded in the study, so every worker and every inspector finds them with no flag.
+
+Liveness. RDB storages get Optuna's heartbeat (a thread per running trial, every
+``heartbeat_s`` seconds whatever an epoch takes); a trial whose heartbeat is older than
+``GRACE_BEATS`` beats is failed and enqueued again once (``RetryHeartbeatStaleTrialCallback``).
+Journal storages use worker locks instead (:mod:`hwsparse.recovery`).
 """
 
 from __future__ import annotations
 
-import atexit
-import fcntl
 import json
 import os
-import re
 import socket
 import time
-import uuid
-from collections.abc import Iterator
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, download_artifact
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.exceptions import DuplicatedStudyError
+from optuna.storages import (
+    BaseStorage,
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+)
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-from optuna.trial import FrozenTrial, TrialState
+from optuna.study import StudyDirection
 
 from hwsparse import _journal
 from hwsparse.errors import InputError
-from hwsparse.tickets import META_FILE, WEIGHTS_FILE
 
 STALE_LOCK_S = 30  # Optuna's grace period: a journal lock this old is left by a dead writer
-STALE_AFTER_S = 600.0  # a RUNNING trial of another host with no heartbeat this long is dead
+HEARTBEAT_S = 10  # seconds between a running trial's heartbeats on an RDB storage
+GRACE_BEATS = 3  # a trial that missed this many heartbeats is dead (failed, run again once)
+CREATE_WAIT_S = 30.0  # how long a joining worker waits for the creator to describe the study
+HOME_ENV = "HWSPARSE_HOME"
 
 
-# --- storage -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Storage:
-    """An opened storage, the text it was given as, and where its artifacts live."""
-
-    url: str
-    backend: BaseStorage
-    artifacts: Path
+# --- where runs go -------------------------------------------------------------------------------
 
 
 def runs_dir() -> Path:
-    """Where runs go by default: ``./runs`` under the folder the user works in (now)."""
+    """Where runs go by default: ``$HWSPARSE_HOME`` when set, else ``./runs`` under the folder
+    the user works in (now)."""
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return Path(home).expanduser().resolve()
     return Path.cwd() / "runs"
 
 
@@ -71,6 +73,45 @@ def __getattr__(name: str) -> Path:  # RUNS_DIR / DEFAULT_STORAGE, evaluated whe
     if name == "DEFAULT_STORAGE":
         return default_storage()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --- storage -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Storage:
+    """An opened storage, the text it was given as, and where its artifacts go by default.
+
+    ``journal`` is the journal file of a journal storage (None for an RDB). ``artifacts`` is
+    the default artifact location for a study created here (a folder or ``s3://...``); a study
+    records its own (:func:`hwsparse.artifact_store.study_artifacts`). ``server`` is True for
+    an RDB server shared by machines (PostgreSQL, MySQL): its studies need an artifact
+    location every machine reaches, given at creation."""
+
+    url: str
+    backend: BaseStorage
+    artifacts: str
+    journal: Path | None = None
+    server: bool = False
+    artifacts_chosen: bool = False  # ``artifacts`` is what the user gave (--artifacts)
+
+    @property
+    def shown(self) -> str:
+        """The URL with its password hidden (for messages and output)."""
+        return hide_password(self.url)
+
+
+def hide_password(url: str) -> str:
+    if "://" not in url or "@" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy parses: hide what is between ':' and '@'
+        scheme, _, rest = url.partition("://")
+        creds, _, host = rest.rpartition("@")
+        return f"{scheme}://{creds.partition(':')[0]}:***@{host}"
 
 
 class _Journal(JournalFileBackend):
@@ -122,198 +163,120 @@ def _open_journal(path: Path, create: bool) -> JournalStorage:
         raise InputError(f"cannot read storage {path}: {str(exc).splitlines()[0]}") from None
 
 
-def open_storage(text: str | Path | None = None, *, create: bool = False) -> Storage:
+def _open_rdb(url: str, heartbeat_s: int) -> RDBStorage:
+    """An RDB storage with Optuna's heartbeat. Several workers may open a fresh database at
+    once; the one whose table creation loses the race tries again."""
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+    if url.startswith("postgresql"):
+        kwargs = {"connect_args": {"connect_timeout": 10}}
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # the heartbeat's retry callback is "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = RDBStorage(
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=GRACE_BEATS * heartbeat_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+            # its pooled connections are closed when it goes, not left to the garbage collector
+            weakref.finalize(storage, storage.engine.dispose)
+            return storage
+        except Exception as exc:  # sqlalchemy raises many kinds for a bad URL or server
+            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if attempt < 4 and _schema_race(line):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise InputError(f"cannot open storage {hide_password(url)}: {line}") from None
+    raise AssertionError("unreachable")
+
+
+def _schema_race(line: str) -> bool:
+    """A failure of concurrent table creation (another worker made the schema just now)."""
+    words = ("already exists", "duplicate key", "UniqueViolation", "IntegrityError")
+    return any(w in line for w in words)
+
+
+def open_storage(
+    text: str | Path | None = None, *, create: bool = False, heartbeat_s: int = HEARTBEAT_S
+) -> Storage:
     """Open an Optuna storage: a ``sqlite:///``/``postgresql+psycopg://``/``mysql+pymysql://``
     URL, or a path to a journal file (default ``runs/hwsparse.journal``; best for several
     processes on one machine).
 
-    Artifacts (the tickets) go next to a file storage (``NAME.artifacts/``), else into
-    ``runs/artifacts``.
+    Artifacts (the tickets) default to a folder next to a file storage (``NAME.artifacts/``);
+    a server storage has no default (``--artifacts`` names one when its study is created).
+    ``heartbeat_s``: seconds between heartbeats of a running trial on an RDB storage.
     """
+    if heartbeat_s < 1:
+        raise InputError(f"--heartbeat must be >= 1 second (got {heartbeat_s})")
     raw = str(text) if text is not None else str(default_storage())
     if "://" in raw:
+        server = not raw.startswith("sqlite")
+        artifacts = ""
         if raw.startswith("sqlite:///"):
             db = Path(raw.removeprefix("sqlite:///"))
             if not create and not db.is_file():
                 raise InputError(f"no storage at {raw}: the file {db} does not exist")
-            artifacts = db.with_suffix(".artifacts")
-        else:
-            artifacts = runs_dir() / "artifacts"
-        try:
-            backend: BaseStorage = RDBStorage(
-                raw, engine_kwargs={"connect_args": {"timeout": 30}} if "sqlite" in raw else {}
-            )
-        except Exception as exc:  # sqlalchemy raises many kinds for a bad URL or server
-            raise InputError(f"cannot open storage {raw}: {str(exc).splitlines()[0]}") from None
-        return Storage(raw, backend, artifacts)
+            artifacts = str(db.resolve().with_suffix(".artifacts"))
+        return Storage(raw, _open_rdb(raw, heartbeat_s), artifacts, server=server)
     path = Path(raw).expanduser().resolve()
     if not create and not path.is_file():
         raise InputError(
             f"no storage at {path} (run `hwsparse search` first, or pass --storage "
             "PATH|sqlite:///FILE|postgresql+psycopg://...)"
         )
-    return Storage(str(path), _open_journal(path, create), path.with_suffix(".artifacts"))
+    backend = _open_journal(path, create)
+    return Storage(str(path), backend, str(path.with_suffix(".artifacts")), journal=path)
 
 
 def load_study(name: str, storage: Storage) -> optuna.Study:
     names = optuna.study.get_all_study_names(storage=storage.backend)
     if name not in names:
         raise InputError(
-            f"no study {name!r} in {storage.url}; studies there: {', '.join(names) or 'none'}"
+            f"no study {name!r} in {storage.shown}; studies there: {', '.join(names) or 'none'}"
         )
     return optuna.load_study(study_name=name, storage=storage.backend)
 
 
+def open_study(
+    name: str,
+    storage: Storage,
+    directions: list[StudyDirection],
+    describe: Callable[[optuna.Study], None],
+    check: Callable[[optuna.Study], None],
+    described_by: str,
+) -> optuna.Study:
+    """Create study ``name`` or join it, race-free across workers and machines.
+
+    The worker whose ``create_study`` succeeds describes the study (``describe(study)`` sets
+    its user attributes, ``described_by`` last, so its presence means the whole description is
+    there); every other
+    worker loads it, waits up to ``CREATE_WAIT_S`` for that description and then ``check``s
+    it (a worker with another space or target is refused before it writes anything). A study
+    left undescribed by a creator that died, with no trial, is described by the next worker.
+    """
+    try:
+        study = optuna.create_study(
+            study_name=name, storage=storage.backend, directions=directions
+        )
+    except DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage.backend)
+        deadline = time.monotonic() + CREATE_WAIT_S
+        while described_by not in study.user_attrs:
+            if time.monotonic() > deadline:
+                if study.get_trials(deepcopy=False):
+                    break  # not made by us: check() says so
+                describe(study)  # its creator died before describing it
+                break
+            time.sleep(0.1)
+            study = optuna.load_study(study_name=name, storage=storage.backend)
+        check(study)
+        return study
+    describe(study)
+    return study
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-# --- worker locks (journal storages) -------------------------------------------------------------
-#
-# A PID says nothing across containers that share a hostname or across PID namespaces. So each
-# worker of a journal storage holds an exclusive flock on its own file, NAME.workers/<id>.lock
-# next to the journal, for as long as it lives, and records <id> on its trials
-# (``worker_lock``). The OS drops a flock when its process dies, however it dies and whatever
-# its PID namespace: a RUNNING trial is dead exactly when its worker's lock can be taken.
-
-WORKER_LOCK_ATTR = "worker_lock"
-_held_locks: dict[str, tuple[str, int]] = {}  # workers folder -> (lock id, open fd holding it)
-_LOCK_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def workers_folder(journal: str | Path) -> Path:
-    """Where the worker locks of the journal file ``journal`` live: ``NAME.workers/``."""
-    return Path(journal).with_suffix(".workers")
-
-
-def journal_path(study: optuna.Study) -> Path | None:
-    backend = getattr(study._storage, "_backend", None)
-    if isinstance(backend, JournalFileBackend):
-        return Path(backend._file_path)
-    return None
-
-
-def worker_lock(journal: str | Path) -> str:
-    """Take (once per process and journal) this worker's lock; returns its id. Held until the
-    process exits (a clean exit also removes the file)."""
-    folder = workers_folder(journal)
-    held = _held_locks.get(str(folder))
-    if held is not None:
-        return held[0]
-    folder.mkdir(parents=True, exist_ok=True)
-    lock_id = uuid.uuid4().hex
-    path = folder / f"{lock_id}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: nobody else holds it
-    _held_locks[str(folder)] = (lock_id, fd)
-    atexit.register(_drop_lock, path, fd)
-    return lock_id
-
-
-def _drop_lock(path: Path, fd: int) -> None:
-    path.unlink(missing_ok=True)
-    os.close(fd)
-
-
-def lock_is_free(journal: str | Path, lock_id: str) -> bool:
-    """True when no live process holds worker ``lock_id``'s lock (its file is then removed);
-    a missing lock file counts as free (its worker is gone, or another run recovered it)."""
-    if not _LOCK_ID.fullmatch(lock_id):
-        return True  # not an id this code wrote: no process can hold it
-    path = workers_folder(journal) / f"{lock_id}.lock"
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return True
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        path.unlink(missing_ok=True)  # while holding it: its worker is dead
-        return True
-    finally:
-        os.close(fd)
-
-
-def recover_interrupted(study: optuna.Study) -> list[int]:
-    """Fail trials whose worker is gone and enqueue every interrupted trial once again."""
-    host = socket.gethostname()
-    journal = journal_path(study)
-    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        retried.add(t.user_attrs.get("retry_of"))  # enqueued but not yet run
-    again: list[int] = []
-    for t in study.get_trials(deepcopy=False):
-        dead = False
-        if t.state == TrialState.RUNNING:
-            worker = str(t.user_attrs.get("worker", ""))
-            w_host, _, pid = worker.rpartition(":")
-            # a trial that has not reached our objective yet has no heartbeat: use its start
-            started = t.datetime_start.timestamp() if t.datetime_start else time.time()
-            beat = float(t.user_attrs.get("heartbeat", started))
-            lock_id = t.user_attrs.get(WORKER_LOCK_ATTR)
-            if journal is not None and isinstance(lock_id, str):
-                dead = lock_is_free(journal, lock_id)  # whatever host or PID it names
-            elif w_host == host and pid.isdigit():  # a trial of a run before worker locks
-                dead = not _alive(int(pid))
-            else:
-                dead = time.time() - beat > STALE_AFTER_S
-            if dead:
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        interrupted = t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
-        if (dead or interrupted) and t.number not in retried and t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            again.append(t.number)
-    return again
-
-
-def interrupted_state(name: str, storage: Storage) -> tuple[int, list[int]] | None:
-    """After Ctrl-C: (complete trials of study ``name``, numbers of this process's trials that
-    were cut off and run again on resume); None when the study does not exist yet."""
-    if name not in optuna.study.get_all_study_names(storage=storage.backend):
-        return None
-    study = optuna.load_study(study_name=name, storage=storage.backend)
-    trials = study.get_trials(deepcopy=False)
-    me = worker_id()
-    cut = [
-        t.number
-        for t in trials
-        if t.state == TrialState.FAIL
-        and t.user_attrs.get("interrupted")
-        and t.user_attrs.get("worker") == me
-    ]
-    return sum(t.state == TrialState.COMPLETE for t in trials), cut
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fetch_ticket(study: optuna.Study, trial: FrozenTrial, storage: Storage, folder: Path) -> Path:
-    """Download a trial's ticket files into ``folder``."""
-    store = FileSystemArtifactStore(str(study.user_attrs.get("artifacts", storage.artifacts)))
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in (META_FILE, WEIGHTS_FILE):
-        artifact = trial.user_attrs.get(f"artifact:{name}")
-        if artifact is None:
-            raise InputError(
-                f"trial {trial.number} has no saved ticket (state {trial.state.name})"
-            )
-        target = folder / name
-        target.unlink(missing_ok=True)
-        try:
-            download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact)
-        except Exception as exc:  # missing artifact folder, moved storage
-            raise InputError(
-                f"ticket of trial {trial.number} not found in {store._base_path}: {exc}"
-            ) from None
-    return folder

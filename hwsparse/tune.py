@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -42,6 +41,7 @@ from hwsparse.data import Dataset, load_dataset
 from hwsparse.errors import InputError
 from hwsparse.models import build_model
 from hwsparse.preset import REGULARIZER_KNOBS, Preset
+from hwsparse.recovery import recover_interrupted
 from hwsparse.space import Param, SearchSpace
 
 KIND = "tune"
@@ -209,7 +209,6 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", stores.worker_id())
-        trial.set_user_attr("heartbeat", time.time())
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number)
         values = suggest(trial, self.space)
@@ -248,7 +247,6 @@ class Objective:
 
     def _hook(self, trial: optuna.Trial, curve: list[float]) -> T.OnEpoch:
         def hook(info: T.EpochInfo) -> None:
-            trial.set_user_attr("heartbeat", time.time())
             if self.on_epoch is not None:
                 self.on_epoch(info)
             if info.phase != "ticket":
@@ -340,18 +338,8 @@ def run_tune(
     T.resolve_device(device)
     data = load_dataset(config.dataset, data_dir)
     dense = build_model(config.model, data.input_shape, data.num_classes)
-    names = optuna.study.get_all_study_names(storage=storage.backend)
-    if study_name in names:
-        study = optuna.load_study(study_name=study_name, storage=storage.backend)
-        check_resume(study, config)
-    else:
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=storage.backend,
-            direction="maximize",
-            load_if_exists=True,
-        )
-        study.set_user_attr(S.CONFIG_ATTR, config.to_dict())
+
+    def describe(study: optuna.Study) -> None:
         study.set_user_attr("metrics", ["val_accuracy"])
         study.set_user_attr("input_shape", list(data.input_shape))
         dense_flops = count_flops(dense, data.input_shape).total
@@ -363,7 +351,17 @@ def run_tune(
         first = _in_space(space, default_params(space))
         if first:
             study.enqueue_trial(first, user_attrs={"default_regularizer": True})
-    retried = stores.recover_interrupted(study)
+        study.set_user_attr(S.CONFIG_ATTR, config.to_dict())  # last: the study is described
+
+    study = stores.open_study(
+        study_name,
+        storage,
+        [optuna.study.StudyDirection.MAXIMIZE],
+        describe,
+        lambda s: check_resume(s, config),
+        S.CONFIG_ATTR,
+    )
+    retried = recover_interrupted(study, storage)
     to_run = max(0, trials - S.count_finished(study))
     study.sampler = optuna.samplers.TPESampler(
         seed=config.seed + len(study.trials), n_startup_trials=5

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from hwsparse import search
+from hwsparse import recovery, search
 from hwsparse import storage as stores
 from hwsparse.cli import app
 from hwsparse.cost.estimate import Budget
@@ -186,13 +186,13 @@ def test_trial_of_a_dead_worker_is_failed_and_requeued(tmp_path: Path) -> None:
     trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
     live = study.ask()  # this process's own running trial must be left alone
     live.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    assert stores.recover_interrupted(study) == [trial.number]
+    assert recovery.recover_interrupted(study, storage) == [trial.number]
     states = {t.number: t.state for t in study.get_trials()}
     assert states[trial.number] == TrialState.FAIL
     assert states[live.number] == TrialState.RUNNING
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == trial.params
-    assert stores.recover_interrupted(study) == []  # only once
+    assert recovery.recover_interrupted(study, storage) == []  # only once
 
 
 def test_killed_worker_loses_nothing(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from hwsparse import search
+from hwsparse import recovery, search
 from hwsparse import storage as stores
 from hwsparse.cli import app
 from hwsparse.cost.estimate import Budget
@@ -225,14 +225,14 @@ def test_a_running_trial_whose_lock_is_free_is_recovered_though_its_pid_lives(
     dead.suggest_float("density", 0.01, 0.5, log=True)
     dead.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     gone = "0" * 32  # its lock file is there, but nobody holds it: the process died
-    folder = stores.workers_folder(journal)
+    folder = recovery.workers_folder(journal)
     folder.mkdir()
     (folder / f"{gone}.lock").write_text("")
-    dead.set_user_attr(stores.WORKER_LOCK_ATTR, gone)
+    dead.set_user_attr(recovery.WORKER_LOCK_ATTR, gone)
     # a live worker in another process, holding its lock (whatever PID it claims)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from hwsparse import storage as stores; "
-         f"print(stores.worker_lock({str(journal)!r}), flush=True); sys.stdin.read()"],
+        [sys.executable, "-c", "import sys; from hwsparse import recovery; "
+         f"print(recovery.worker_lock({str(journal)!r}), flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV,
     )  # fmt: skip
     try:
@@ -241,8 +241,8 @@ def test_a_running_trial_whose_lock_is_free_is_recovered_though_its_pid_lives(
         alive = study.ask()
         alive.suggest_float("density", 0.01, 0.5, log=True)
         alive.set_user_attr("worker", "elsewhere:1")
-        alive.set_user_attr(stores.WORKER_LOCK_ATTR, held)
-        assert stores.recover_interrupted(study) == [dead.number]
+        alive.set_user_attr(recovery.WORKER_LOCK_ATTR, held)
+        assert recovery.recover_interrupted(study, storage) == [dead.number]
         states = {t.number: t.state for t in study.get_trials()}
         assert states[dead.number] == TrialState.FAIL
         assert states[alive.number] == TrialState.RUNNING
@@ -250,7 +250,7 @@ def test_a_running_trial_whose_lock_is_free_is_recovered_though_its_pid_lives(
         assert (folder / f"{held}.lock").exists()
     finally:
         holder.communicate("", timeout=30)  # it exits: its lock goes with it
-    assert stores.recover_interrupted(study) == [alive.number]
+    assert recovery.recover_interrupted(study, storage) == [alive.number]
     assert not (folder / f"{held}.lock").exists()
 
 
@@ -263,6 +263,6 @@ def test_trials_record_their_worker_lock(tmp_path: Path) -> None:
     storage = stores.open_storage(tmp_path / "s.journal", create=True)
     out = search.run_search("s", storage, config, space, trials=1, device="cpu")
     (trial,) = out.study.trials
-    lock_id = trial.user_attrs[stores.WORKER_LOCK_ATTR]
+    lock_id = trial.user_attrs[recovery.WORKER_LOCK_ATTR]
     assert (tmp_path / "s.workers" / f"{lock_id}.lock").exists()  # held by this process
-    assert not stores.lock_is_free(tmp_path / "s.journal", lock_id)
+    assert not recovery.lock_is_free(tmp_path / "s.journal", lock_id)

@@ -322,7 +322,7 @@ def _running_trial(journal: Path) -> bool:
         study = optuna.load_study(study_name="i", storage=storage.backend)
     except InputError:  # read while a record was being written
         return False
-    return any(t.state == TrialState.RUNNING and "heartbeat" in t.user_attrs for t in study.trials)
+    return any(t.state == TrialState.RUNNING and "worker" in t.user_attrs for t in study.trials)
 
 
 def test_ctrl_c_in_search_is_one_line_and_resumable(tmp_path: Path) -> None:

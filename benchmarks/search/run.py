@@ -31,7 +31,7 @@ from typing import Any
 import optuna
 import torch
 
-from hwsparse import search
+from hwsparse import artifact_store, search
 from hwsparse import storage as stores
 from hwsparse.cost.estimate import Budget
 from hwsparse.data import load_dataset
@@ -101,7 +101,7 @@ def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Pa
             continue
         best = max(first, key=lambda t: t.user_attrs["val_accuracy"])
         with tempfile.TemporaryDirectory() as d:
-            ticket = load_ticket(stores.fetch_ticket(study, best, storage, Path(d)))
+            ticket = load_ticket(artifact_store.fetch_ticket(study, best, storage, Path(d)))
         with torch.no_grad():
             acc = float((ticket.model(data.x_test).argmax(1) == data.y_test).float().mean())
         row[f"test_at_{k}"] = acc

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,9 +14,11 @@ import typer
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
-from hwsparse import api, report, search
+from hwsparse import api, recovery, report, search
+from hwsparse import artifact_store as artifacts
 from hwsparse import storage as stores
 from hwsparse import train as T
+from hwsparse import workers as parallel
 from hwsparse.cli import app
 from hwsparse.cli._common import (
     AsJson,
@@ -51,8 +55,17 @@ Study = Annotated[str, typer.Option(help="Study name; the same name resumes it."
 StorageOpt = Annotated[
     str | None,
     typer.Option(
-        help="Journal file path (default runs/hwsparse.journal), sqlite:///FILE, or "
-        "postgresql+psycopg://... for several machines."
+        help="Journal file path (default runs/hwsparse.journal under $HWSPARSE_HOME or the "
+        "current folder), sqlite:///FILE, or postgresql+psycopg://... for several machines."
+    ),
+]
+ArtifactsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--artifacts",
+        help="Where tickets go: a folder (shared by the machines) or s3://BUCKET/PREFIX. "
+        "Default: beside a journal or SQLite file; needed when a study on a database server "
+        "is created. The study records it: joining workers, show and export need no flag.",
     ),
 ]
 
@@ -173,6 +186,30 @@ def search_cmd(
             metavar="STUDY|FILE.yaml",
         ),
     ] = None,
+    artifacts_at: ArtifactsOpt = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes on this machine for the study (CPU threads are split "
+            "between them; with GPUs, default one per GPU)."
+        ),
+    ] = 1,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="GPUs for the workers, e.g. 0,1 (indices of the visible GPUs; default all "
+            "visible ones when training on CUDA): each worker sees one via "
+            "CUDA_VISIBLE_DEVICES."
+        ),
+    ] = None,
+    heartbeat: Annotated[
+        int,
+        typer.Option(
+            help="Database storages: seconds between a running trial's heartbeats; a trial "
+            f"silent for {stores.GRACE_BEATS} of them (its worker died) is failed and run again."
+        ),
+    ] = stores.HEARTBEAT_S,
+    no_pick: Annotated[bool, typer.Option("--no-pick", hidden=True)] = False,
     as_json: AsJson = False,
 ) -> None:
     """Run or resume a study: the most accurate ticket that fits the device budget.
@@ -217,13 +254,29 @@ def search_cmd(
             space=sp.as_dict(),
             seed=seed,
         )
-        store = stores.open_storage(storage, create=True)
+        store = stores.open_storage(storage, create=True, heartbeat_s=heartbeat)
+        store = artifacts.choose(store, artifacts_at)
         if warm_start is not None and not from_file:
             if warm_start == study:
                 raise InputError(f"--warm-start {warm_start!r} is the study being run")
             source = stores.load_study(warm_start, store)
             first = search.warm_start_from(source, config, sp)
         planned = _planned(store, study, trials, more)
+        gpu_ids = _gpus(gpus, device, workers)
+        n, by_workers = (workers if workers > 1 else len(gpu_ids)), 0
+        if n > 1 or gpus is not None:
+            goal = trials if more is None else planned + _finished(store, study)
+            args = _worker_args(
+                study, store, artifacts_at, dataset, data_dir, model, space, tgt,
+                (latency_ms, flash_kb, ram_kb, max_mflops), objective, goal, timeout, epochs,
+                seed, preset, warm_start, heartbeat,
+                {"--precision": precision, "--batch-size": batch_size,
+                 "--batch-trials": batch_trials, "--deterministic": deterministic},
+            )  # fmt: skip
+            plans = parallel.plan(n, gpu_ids, threads or os.cpu_count() or 1)
+            by_workers = _run_workers(store, study, args, plans, planned, as_json)
+            more, trials = None, goal  # the parent picks (and runs what a dead worker left)
+            planned = max(0, goal - _finished(store, study))
         with StudyBars(f"study {study}", planned, live_progress(as_json), as_json, err) as bars:
             started = [False]
 
@@ -260,7 +313,9 @@ def search_cmd(
                 precision=precision,
                 deterministic=deterministic,
                 batch_trials=batch_trials,
+                pick_best=not no_pick,
             )
+    outcome.ran += by_workers
     if outcome.ran == 0 and more is None:
         err.print(
             f"study {study} already has {outcome.total} trials (--trials {trials} is the "
@@ -279,7 +334,7 @@ def search_cmd(
         print_json(
             {
                 "study": study,
-                "storage": store.url,
+                "storage": store.shown,
                 "n_complete": states.get("COMPLETE", 0),
                 "n_pruned": states.get("PRUNED", 0),
                 "n_feasible": info["n_feasible"],
@@ -300,11 +355,11 @@ def search_cmd(
         f"{states.get('COMPLETE', 0)} complete, {states.get('PRUNED', 0)} pruned, "
         f"{info['n_feasible']} fit the budget. Latency is the target profile's estimate."
     )
-    flag = "" if store.url == str(stores.default_storage()) else f" --storage {store.url}"
+    flag = "" if store.url == str(stores.default_storage()) else f" --storage {store.shown}"
     out.print(
         f"inspect: hwsparse show {study}{flag}\n"
-        f"picture: hwsparse plot {study}{flag} --out runs/{study}.png\n"
-        f"export:  hwsparse export {study}{flag} --out runs/{study}-ticket\n"
+        f"picture: hwsparse plot {study}{flag}\n"
+        f"export:  hwsparse export {study}{flag} --out {study}-ticket\n"
         "more:    the same search command with --more N adds N trials"
     )
 
@@ -312,7 +367,7 @@ def search_cmd(
 def _interrupted(study: str, storage: str | None) -> str:
     """The line after Ctrl-C: what the study kept, what runs again, the command to resume."""
     store = stores.open_storage(storage)
-    state = stores.interrupted_state(study, store)
+    state = recovery.interrupted_state(study, store)
     if state is None:
         return f"study {study} had not started; to start it: {command_line()}"
     complete, cut = state
@@ -322,9 +377,120 @@ def _interrupted(study: str, storage: str | None) -> str:
         else "no trial was cut off"
     )
     return (
-        f"study {study}: {complete} trial(s) complete, kept in {store.url}; {again}; "
+        f"study {study}: {complete} trial(s) complete, kept in {store.shown}; {again}; "
         f"resume with: {command_line()}"
     )
+
+
+def _finished(store: stores.Storage, study: str) -> int:
+    if study not in optuna.study.get_all_study_names(storage=store.backend):
+        return 0
+    return search.count_finished(stores.load_study(study, store))
+
+
+def _gpus(text: str | None, device: str, workers: int) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES ids the workers use: none on the CPU (``--device cpu``, or no
+    GPU), else ``--gpus`` (default all visible)."""
+    if device == "cpu":
+        if text is not None:
+            raise InputError("--gpus needs --device auto or cuda (got --device cpu)")
+        return []
+    import torch
+
+    visible = parallel.visible_gpus(None, torch.cuda.device_count())
+    if not visible and text is None:
+        if device.startswith("cuda"):
+            raise InputError(f"--device {device}: no CUDA GPU is visible; valid here: cpu, auto")
+        return []
+    if device.startswith("cuda:") and text is None and workers > 1:
+        text = device.removeprefix("cuda:")  # one GPU named: every worker on it
+    return parallel.choose_gpus(text, visible)
+
+
+def _worker_args(
+    study: str,
+    store: stores.Storage,
+    artifacts_at: str | None,
+    dataset: str,
+    data_dir: Path | None,
+    model: str,
+    space: str,
+    target: str,
+    budget: tuple[float | None, ...],
+    objective: str,
+    goal: int,
+    timeout: float | None,
+    epochs: int | None,
+    seed: int,
+    preset: Path | None,
+    warm_start: str | None,
+    heartbeat: int,
+    training: dict[str, Any],
+) -> list[str]:
+    """The ``hwsparse search`` arguments of one worker: this command's study, as a total of
+    ``goal`` trials, no pick (the parent picks once they are done). ``training``: the
+    training flags as given (a flag set to True is a switch, None or False is left out)."""
+    args = ["--study", study, "--storage", store.url, "--dataset", dataset, "--model", model]
+    args += ["--space", str(Path(space).resolve()) if space.endswith((".yaml", ".yml")) else space]
+    args += ["--target", target, "--objective", objective, "--trials", str(goal)]
+    args += ["--seed", str(seed), "--heartbeat", str(heartbeat), "--no-pick"]
+    names = ("--latency-ms", "--flash-kb", "--ram-kb", "--max-mflops")
+    for name, value in zip(names, budget, strict=True):
+        if value is not None:
+            args += [name, repr(value)]
+    if warm_start is not None and warm_start.endswith((".yaml", ".yml")):
+        warm_start = str(Path(warm_start).resolve())  # a preset file; else a study name
+    optional = {"--artifacts": artifacts_at, "--data-dir": data_dir, "--timeout": timeout,
+                "--epochs": epochs, "--preset": preset, "--warm-start": warm_start}  # fmt: skip
+    for name, given in {**optional, **training}.items():
+        if given is True:
+            args.append(name)
+        elif given is not None and given is not False:
+            args += [name, str(Path(given).resolve()) if isinstance(given, Path) else str(given)]
+    return args
+
+
+def _run_workers(
+    store: stores.Storage,
+    study: str,
+    args: list[str],
+    plans: list[parallel.WorkerPlan],
+    planned: int,
+    as_json: bool,
+) -> int:
+    """Run the workers to the end, showing the study's finished trials as they come (one
+    display for all); returns how many trials finished meanwhile. A worker that fails ends the
+    command with its error line."""
+    with tempfile.TemporaryDirectory() as logs, StudyBars(
+        f"study {study}: {len(plans)} workers", planned, live_progress(as_json), as_json, err
+    ) as bars:  # fmt: skip
+        before = set()
+        if study in optuna.study.get_all_study_names(storage=store.backend):
+            trials = stores.load_study(study, store).get_trials(deepcopy=False)
+            before = {t.number for t in trials if t.state.is_finished()}
+        seen = set(before)
+        procs = parallel.start(args, plans, Path(logs))
+        try:
+            while True:
+                done = all(p.poll() is not None for p in procs)
+                if study in optuna.study.get_all_study_names(storage=store.backend):
+                    for t in stores.load_study(study, store).get_trials(deepcopy=False):
+                        if t.state.is_finished() and t.number not in seen:
+                            seen.add(t.number)
+                            if t.datetime_complete is not None:
+                                bars.finished(t.number, _trial_line(t))
+                if done:
+                    break
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            for p in procs:
+                p.wait()  # each worker marks its trial interrupted
+            raise
+        for plan, p in zip(plans, procs, strict=True):
+            if p.returncode != 0:
+                line = parallel.last_line(Path(logs), plan.index).removeprefix("error: ")
+                raise InputError(f"worker {plan.index} exited {p.returncode}: {line}")
+    return len(seen - before)
 
 
 def _planned(store: stores.Storage, study: str, trials: int, more: int | None) -> int:
@@ -379,9 +545,9 @@ def studies(storage: StorageOpt = None, as_json: AsJson = False) -> None:
                 }
             )
     if as_json:
-        print_json({"storage": store.url, "studies": rows})
+        print_json({"storage": store.shown, "studies": rows})
         return
-    t = Table(title=f"Studies in {store.url}", title_justify="left")
+    t = Table(title=f"Studies in {store.shown}", title_justify="left")
     ids = ("study", "dataset", "model", "target")  # names a user types again: never truncated
     for col in ("study", "trials", "fit", "dataset", "model", "target", "objective", "pick val %"):
         longest = max((len(str(r[col])) for r in rows if col in ids), default=0)
@@ -448,7 +614,8 @@ def show(
 def plot(
     study: Annotated[str, typer.Argument(help="Study name.")],
     out_file: Annotated[
-        Path | None, typer.Option("--out", help="PNG file to write (default runs/STUDY.png).")
+        Path | None,
+        typer.Option("--out", help="PNG file to write (default STUDY.png in the runs folder)."),
     ] = None,
     storage: StorageOpt = None,
 ) -> None:
@@ -456,7 +623,7 @@ def plot(
     RAM with their budgets, and parameter importance."""
     with user_errors():
         if out_file is None:
-            out_file = Path("runs") / f"{study}.png"
+            out_file = stores.runs_dir() / f"{study}.png"
         if out_file.suffix.lower() != ".png":
             raise InputError(f"--out must be a .png file (got {out_file})")
         store = stores.open_storage(storage)
@@ -532,13 +699,13 @@ def export(
             require_trust(str(cfg.get("model", "")), f"study {study!r}", trust_code=trust_code)
             chosen = _trial(s, trial)
             tmp = stack.enter_context(tempfile.TemporaryDirectory())
-            ticket_dir = stores.fetch_ticket(s, chosen, store, Path(tmp) / "ticket")
+            ticket_dir = artifacts.fetch_ticket(s, chosen, store, Path(tmp) / "ticket")
             t = load_ticket(ticket_dir, trust_code=trust_code)
             profile = load_profile(cfg.get("target", DEFAULT_TARGET))
             dataset = str(cfg.get("dataset", t.meta.get("dataset", "digits")))
             found = {
                 "study": study,
-                "storage": store.url,
+                "storage": store.shown,
                 "trial": chosen.number,
                 "picked": (search.pick(s) or chosen).number == chosen.number,
                 "params": chosen.params,

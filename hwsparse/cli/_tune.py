@@ -156,7 +156,7 @@ def tune_cmd(
         print_json(
             {
                 **answer,
-                "storage": store.url,
+                "storage": store.shown,
                 "ran": outcome.ran,
                 "total": outcome.total,
                 "retried": outcome.retried,
