@@ -14,8 +14,8 @@ At each checkpoint (10, 20, 40 trials) the pick among the first k trials (most a
 on validation) is evaluated once on test. Also records time per trial split into training and
 cost estimation. Results are appended to a JSONL per finished study (resumable).
 
-    python benchmarks/search/run.py --out benchmarks/search/results.jsonl
-    python benchmarks/search/run.py --report benchmarks/search/results.jsonl
+    python benchmarks/search/run.py --out benchmarks/search/results/digits.jsonl
+    python benchmarks/search/run.py --report benchmarks/search/results/digits.jsonl
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--trials", type=int, default=max(CHECKPOINTS))
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--out", default="benchmarks/search/results.jsonl")
+    p.add_argument("--out", default="benchmarks/search/results/results.jsonl")
     p.add_argument("--report", metavar="JSONL")
     args = p.parse_args()
     if args.report:
