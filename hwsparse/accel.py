@@ -6,8 +6,8 @@ number of CUDA devices, whether the GPU supports bf16), so CPU tests cover all o
 
 - ``resolve_device``: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; a ``cuda:N`` past the last
   device is an :class:`InputError` that lists the valid ones.
-- ``worker_device``: ``auto``/``cuda`` spread workers over the GPUs (worker i gets
-  ``cuda:(i mod count)``), instead of sending every worker to GPU 0.
+- Workers on several GPUs: each ``--workers`` process sees one GPU through
+  ``CUDA_VISIBLE_DEVICES`` (:mod:`hwsparse.workers`), so ``auto``/``cuda`` is its own GPU.
 - ``select_precision``: ``fp32`` | ``bf16`` | ``fp16`` | ``auto``. bf16 on CUDA only where the
   GPU supports it; fp16 always with a gradient scaler; ``auto`` is bf16 on a GPU that supports
   it and fp32 everywhere else.
@@ -65,21 +65,6 @@ def resolve_device(name: str, count: int | None = None) -> torch.device:
             f"valid: {_valid_devices(count)}"
         )
     return device
-
-
-def worker_device(name: str, worker: int, count: int | None = None) -> str:
-    """The device string worker number ``worker`` (0-based) trains on.
-
-    ``auto`` and ``cuda`` (no index) spread workers round-robin over the GPUs; ``cpu`` and an
-    explicit ``cuda:N`` are kept as given (checked by :func:`resolve_device`).
-    """
-    if worker < 0:
-        raise InputError(f"worker index must be >= 0 (got {worker})")
-    count = cuda_count() if count is None else count
-    device = resolve_device(name, count)
-    if device.type == "cuda" and name in ("auto", "cuda"):
-        return f"cuda:{worker % count}"
-    return str(device)
 
 
 @dataclass(frozen=True)

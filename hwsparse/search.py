@@ -759,12 +759,10 @@ def run_batched(
         raise
 
 
-def check_device(device: str, precision: str, worker: int = 0) -> str:
-    """The device worker ``worker`` trains on, with ``precision`` checked for it (bad values
-    raise InputError before any study is opened or trained)."""
-    name = A.worker_device(device, worker)
-    A.select_precision(precision, A.resolve_device(name))
-    return name
+def check_device(device: str, precision: str) -> None:
+    """Check ``device`` and ``precision`` for it: bad values raise InputError before any study
+    is opened or trained. (Several GPUs: one worker process each, :mod:`hwsparse.workers`.)"""
+    A.select_precision(precision, A.resolve_device(device))
 
 
 def run_search(
@@ -787,7 +785,6 @@ def run_search(
     pruner: str = "median",
     precision: str = "auto",
     deterministic: bool = False,
-    worker: int = 0,
     batch_trials: int | str = "auto",
     pick_best: bool = True,
 ) -> SearchOutcome:
@@ -800,8 +797,8 @@ def run_search(
     each of its training epochs. ``enqueue``: params of the first trials (``--warm-start``),
     queued when the study has no trial yet; without it, ``design`` queues
     :func:`initial_design` instead.
-    ``precision`` (``hwsparse.accel.PRECISIONS``) and ``deterministic`` apply to every trial;
-    ``worker`` (0-based) spreads ``auto``/``cuda`` workers over the GPUs. ``batch_trials``:
+    ``precision`` (``hwsparse.accel.PRECISIONS``) and ``deterministic`` apply to every trial.
+    ``batch_trials``:
     how many trials train together in one population (:mod:`hwsparse.population`), an int
     or ``auto``; 1 trains them one at a time through ``study.optimize``.
     Several workers may run it on one study at once (``in_total`` is then the study's total:
@@ -812,7 +809,7 @@ def run_search(
         raise InputError(f"--trials must be >= 1 (got {trials})")
     if timeout is not None and timeout <= 0:
         raise InputError(f"--timeout must be > 0 seconds (got {timeout})")
-    device = check_device(device, precision, worker)
+    check_device(device, precision)
     profile = load_profile(config.target)
     data = load_dataset(config.dataset, data_dir)
     dense = build_model(config.model, data.input_shape, data.num_classes)

@@ -40,16 +40,6 @@ def test_cuda_index_is_checked_against_the_device_count() -> None:
     assert A.resolve_device("auto", count=3) == CUDA
 
 
-def test_workers_are_spread_over_the_gpus() -> None:
-    assert [A.worker_device("auto", w, count=2) for w in range(4)] == [
-        "cuda:0", "cuda:1", "cuda:0", "cuda:1"
-    ]  # fmt: skip
-    assert A.worker_device("cuda", 5, count=3) == "cuda:2"
-    assert A.worker_device("cuda:1", 0, count=2) == "cuda:1"  # an explicit GPU is kept
-    assert A.worker_device("auto", 7, count=0) == "cpu"
-    assert A.worker_device("cpu", 3, count=4) == "cpu"
-
-
 def test_precision_selection() -> None:
     assert A.select_precision("auto", CUDA, bf16_ok=True).dtype == torch.bfloat16
     assert A.select_precision("auto", CUDA, bf16_ok=False).name == "fp32"  # an old GPU
