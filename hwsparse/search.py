@@ -818,8 +818,13 @@ def run_search(
     check_floors(config.budget, floors(profile, dense, data.input_shape, model_name=config.model))
     config.budget.values(report)  # raises when the profile cannot judge a set limit
     directions, metrics = directions_for(config, report.latency_ms is not None)
+    first: list[dict[str, Any]] = []  # the first trials of a new study
     if study_name not in optuna.study.get_all_study_names(storage=storage.backend):
         AS.check_writable(AS.for_new_study(storage))  # before the study depends on it
+        factory = lambda: build_model(config.model, data.input_shape, data.num_classes)  # noqa: E731
+        first = enqueue or (
+            initial_design(config, space, profile, factory, data.input_shape) if design else []
+        )
 
     def describe(study: optuna.Study) -> None:
         """Run by the worker that creates the study, before any other can use it."""
@@ -830,11 +835,8 @@ def run_search(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metrics)  # shown by optuna-dashboard and the optuna CLI
-        # the first trials, once, as many as the study will have (none left waiting)
-        factory = lambda: build_model(config.model, data.input_shape, data.num_classes)  # noqa: E731
-        first = enqueue or (
-            initial_design(config, space, profile, factory, data.input_shape) if design else []
-        )
+        # the first trials (computed before: the description stays short), once, as many as
+        # the study will have (none left waiting)
         for params in first[:trials]:
             study.enqueue_trial(params, user_attrs={"warm_start": True})
         study.set_user_attr(CONFIG_ATTR, config.to_dict())  # last: the study is described
