@@ -106,16 +106,19 @@ class SearchConfig:
         }
 
 
+def fix_knobs(space: SearchSpace, **values: Any) -> SearchSpace:
+    """``space`` with these knobs fixed to these values (no longer searched)."""
+    keep = tuple(p for p in space.params if p.name not in values)
+    return replace(space, params=keep, fixed=tuple({**dict(space.fixed), **values}.items()))
+
+
 def apply_epochs(space: SearchSpace, epochs: int | None) -> SearchSpace:
     """``--epochs N`` fixes both the search phase and the ticket schedule to N epochs."""
     if epochs is None:
         return space
     if epochs < 1:
         raise InputError(f"--epochs must be >= 1 (got {epochs})")
-    keep = tuple(p for p in space.params if p.name not in ("epochs", "search_epochs"))
-    fixed = dict(space.fixed)
-    fixed.update(epochs=epochs, search_epochs=epochs)
-    return replace(space, params=keep, fixed=tuple(fixed.items()))
+    return fix_knobs(space, epochs=epochs, search_epochs=epochs)
 
 
 def apply_batch_size(space: SearchSpace, batch_size: int | None) -> SearchSpace:
@@ -124,10 +127,7 @@ def apply_batch_size(space: SearchSpace, batch_size: int | None) -> SearchSpace:
         return space
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1 (got {batch_size})")
-    keep = tuple(p for p in space.params if p.name != "batch_size")
-    fixed = dict(space.fixed)
-    fixed.update(batch_size=batch_size)
-    return replace(space, params=keep, fixed=tuple(fixed.items()))
+    return fix_knobs(space, batch_size=batch_size)
 
 
 # --- suggestions -> configs ----------------------------------------------------------------------
