@@ -103,6 +103,28 @@ def _d_mcp(m: torch.Tensor, eps: float) -> torch.Tensor:
     return (1 - m / eps).clamp(0)
 
 
+# In-place ``grad += scale * R'(m)`` (scale a tensor broadcasting against ``grad``: lambda times
+# the entry size). Runs on every training step over every mask entry, so each is written with
+# as few passes over the entries as eager PyTorch allows (benchmarks/overhead): the generic
+# form is two (the slope, then one fused multiply-add); l1 and log need one and two.
+AccumulateFn = Callable[[torch.Tensor, torch.Tensor, float, torch.Tensor], None]
+
+
+def _acc_l1(grad: torch.Tensor, m: torch.Tensor, eps: float, scale: torch.Tensor) -> None:
+    grad.add_(scale)
+
+
+def _acc_log(grad: torch.Tensor, m: torch.Tensor, eps: float, scale: torch.Tensor) -> None:
+    grad.addcdiv_(scale * eps, m + eps)  # eps / (eps + m), times scale
+
+
+def _accumulate(slope: PenaltyFn) -> AccumulateFn:
+    def acc(grad: torch.Tensor, m: torch.Tensor, eps: float, scale: torch.Tensor) -> None:
+        grad.addcmul_(slope(m, eps), scale)
+
+    return acc
+
+
 @dataclass(frozen=True)
 class Penalty:
     """A registered penalty: its name, R(m, eps), its slope R'(m, eps), and whether it is
@@ -114,6 +136,7 @@ class Penalty:
     concave: bool
     description: str
     default_eps: float  # R'(1) / R'(0) = 1/21 with this eps (see the module docstring)
+    add_slope_: AccumulateFn  # grad += scale * R'(m, eps) in place (the training step's)
 
     def __call__(self, m: torch.Tensor, eps: float) -> torch.Tensor:
         return self.fn(m, eps)
@@ -122,14 +145,30 @@ class Penalty:
 PENALTIES: dict[str, Penalty] = {
     p.name: p
     for p in (
-        Penalty("l1", _l1, _d_l1, False, "m (convex: the same pull on every entry)", 1.0),
+        Penalty("l1", _l1, _d_l1, False, "m (convex: the same pull on every entry)", 1.0, _acc_l1),
         # log: eps / (eps + 1) = r  ->  eps = r / (1 - r)
-        Penalty("log", _log, _d_log, True, "eps*log(1+m/eps) (the paper's)", _R / (1 - _R)),
+        Penalty(
+            "log", _log, _d_log, True, "eps*log(1+m/eps) (the paper's)", _R / (1 - _R), _acc_log
+        ),
         # exp: exp(-1 / eps) = r  ->  eps = -1 / ln r
-        Penalty("exp", _exp, _d_exp, True, "eps*(1-exp(-m/eps))", -1 / math.log(_R)),
+        Penalty(
+            "exp",
+            _exp,
+            _d_exp,
+            True,
+            "eps*(1-exp(-m/eps))",
+            -1 / math.log(_R),
+            _accumulate(_d_exp),
+        ),
         # lp: ((1 + eps) / eps)^(p - 1) = r  ->  eps = 1 / (r^(1 / (p - 1)) - 1)
         Penalty(
-            "lp", _lp, _d_lp, True, f"smoothed l_p, p={_LP_P}", 1 / (_R ** (1 / (_LP_P - 1)) - 1)
+            "lp",
+            _lp,
+            _d_lp,
+            True,
+            f"smoothed l_p, p={_LP_P}",
+            1 / (_R ** (1 / (_LP_P - 1)) - 1),
+            _accumulate(_d_lp),
         ),
         # scad: (a eps - 1) / ((a - 1) eps) = r  ->  eps = 1 / (a - r (a - 1))
         Penalty(
@@ -139,9 +178,18 @@ PENALTIES: dict[str, Penalty] = {
             True,
             f"SCAD, knot eps, a={_SCAD_A}",
             1 / (_SCAD_A - _R * (_SCAD_A - 1)),
+            _accumulate(_d_scad),
         ),
         # mcp: 1 - 1 / eps = r  ->  eps = 1 / (1 - r)
-        Penalty("mcp", _mcp, _d_mcp, True, "minimax concave penalty, knot eps", 1 / (1 - _R)),
+        Penalty(
+            "mcp",
+            _mcp,
+            _d_mcp,
+            True,
+            "minimax concave penalty, knot eps",
+            1 / (1 - _R),
+            _accumulate(_d_mcp),
+        ),
     )
 }
 

@@ -127,18 +127,19 @@ class PenaltyTerm:
         """
         for m in self.relaxed.values():
             soft = m.recent_soft()
-            grad = self.fn.slope(soft, self.eps).mul_(self.lam * m.entry_size)
-            if m.param == "sigmoid":
-                grad.mul_(soft * (1 - soft) / m.temperature)
             if m.score.grad is None:
-                m.score.grad = grad
-            else:
-                m.score.grad.add_(grad)
+                m.score.grad = torch.zeros_like(m.score)
+            scale = self.lam * m.entry_size
+            if m.param == "projected":
+                self.fn.add_slope_(m.score.grad, soft, self.eps, scale)
+            else:  # dm/ds = m (1 - m) / T: sigmoid's own backward kernel
+                slope = torch.ops.aten.sigmoid_backward(self.fn.slope(soft, self.eps), soft)
+                m.score.grad.addcmul_(slope, scale / m.temperature)
 
     @torch.no_grad()
     def soft_density(self) -> torch.Tensor:
         """Share of masked weights whose relaxed mask is above the threshold (0-d tensor)."""
-        kept = [(m.soft() > self.threshold).sum() * m.entry_size for m in self.relaxed.values()]
+        kept = [m.kept(self.threshold) * m.entry_size for m in self.relaxed.values()]
         return torch.stack(kept).sum() / self._total
 
     @torch.no_grad()

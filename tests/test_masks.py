@@ -54,6 +54,43 @@ def test_sigmoid_mask_starts_as_identity() -> None:
     torch.testing.assert_close(net(x), before)  # scaled so the masked net starts unmasked
 
 
+@pytest.mark.parametrize("granularity", M.GRANULARITIES)
+def test_sigmoid_mask_gradients_match_autograd(granularity: str) -> None:
+    # the fused sigmoid-mask node gives the weight and the scores the gradients of the plain
+    # expression scale * sigmoid(s / T) * w
+    torch.manual_seed(1)
+    cfg = M.MaskConfig(param="sigmoid", granularity=granularity, temperature=0.7)
+    weight = torch.randn(5, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    mask = M.RelaxedMask(weight, cfg).double()
+    with torch.no_grad():
+        mask.score.add_(torch.randn_like(mask.score))
+    mask.temperature = 0.3
+    upstream = torch.randn(5, 3, 2, 2, dtype=torch.float64)
+    (mask(weight) * upstream).sum().backward()
+    got_w, got_s = weight.grad, mask.score.grad
+    w = weight.detach().clone().requires_grad_(True)
+    s = mask.score.detach().clone().requires_grad_(True)
+    (mask.scale * torch.sigmoid(s / 0.3) * w * upstream).sum().backward()
+    torch.testing.assert_close(got_w, w.grad)
+    torch.testing.assert_close(got_s, s.grad)
+
+
+@pytest.mark.parametrize("param", M.PARAMETERIZATIONS)
+def test_kept_counts_entries_above_the_threshold(param: str) -> None:
+    # sigmoid masks compare scores with T * logit(threshold): the same count as m > threshold
+    torch.manual_seed(2)
+    weight = torch.randn(40, 30)
+    mask = M.RelaxedMask(weight, M.MaskConfig(param=param))
+    with torch.no_grad():
+        mask.score.copy_(torch.rand_like(mask.score) if param == "projected" else
+                         4 * torch.randn_like(mask.score))  # fmt: skip
+    mask.temperature = 0.4
+    for threshold in (0.0, 0.1, 0.5, 0.9):
+        expected = int((mask.soft() > threshold).sum())
+        assert 0 < expected < mask.score.numel() or threshold == 0.0
+        assert int(mask.kept(threshold)) == expected
+
+
 def test_first_and_last_layer_options() -> None:
     names = [n for n, _ in M.prunable_layers(small_net(), mask_first=False, mask_last=False)]
     assert names == ["4"]

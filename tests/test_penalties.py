@@ -86,3 +86,15 @@ def test_resolve_eps() -> None:
     assert resolve_eps("exp", 0.2) == 0.2
     with pytest.raises(InputError, match="eps"):
         resolve_eps("log", 0.0)
+
+
+@pytest.mark.parametrize("name", sorted(PENALTIES))
+def test_in_place_slope_adds_scale_times_slope(name: str) -> None:
+    # the training step's in-place form: grad += scale * R'(m), scale a 0-d tensor
+    p = get_penalty(name)
+    m = torch.rand(7, 5, dtype=torch.float64)
+    grad = torch.randn(7, 5, dtype=torch.float64)
+    scale = torch.tensor(0.37, dtype=torch.float64)
+    expected = grad + scale * p.slope(m, EPS)
+    p.add_slope_(grad, m, EPS, scale)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)

@@ -50,13 +50,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--cases", default="", help="e.g. mnist10k/mlp,digits/mlp (default: all)")
     args = p.parse_args()
+    cases = [tuple(c.split("/")) for c in args.cases.split(",")] if args.cases else CASES
     torch.set_num_threads(1)
     print(
         "| dataset / model | plain s/epoch | projected s/epoch | ratio | sigmoid s/epoch | ratio |"
     )
     print("|---|---|---|---|---|---|")
-    for dataset, model in CASES:
+    for dataset, model in cases:
         plain, proj, sig = [], [], []
         epoch_seconds(dataset, model, False, "projected", 1, args.batch_size)  # warm-up
         for _ in range(args.repeats):
