@@ -115,7 +115,7 @@ def _acc_l1(grad: torch.Tensor, m: torch.Tensor, eps: float, scale: torch.Tensor
 
 
 def _acc_log(grad: torch.Tensor, m: torch.Tensor, eps: float, scale: torch.Tensor) -> None:
-    grad.addcdiv_(scale * eps, m + eps)  # eps / (eps + m), times scale
+    grad.addcdiv_(scale, m + eps, value=eps)  # scale * eps / (eps + m)
 
 
 def _accumulate(slope: PenaltyFn) -> AccumulateFn:

@@ -129,7 +129,7 @@ class PenaltyTerm:
             soft = m.recent_soft()
             if m.score.grad is None:
                 m.score.grad = torch.zeros_like(m.score)
-            scale = self.lam * m.entry_size
+            scale = self.lam if m.entry_size == 1 else self.lam * m.entry_size
             if m.param == "projected":
                 self.fn.add_slope_(m.score.grad, soft, self.eps, scale)
             else:  # dm/ds = m (1 - m) / T: sigmoid's own backward kernel

@@ -54,10 +54,14 @@ def test_sigmoid_mask_starts_as_identity() -> None:
     torch.testing.assert_close(net(x), before)  # scaled so the masked net starts unmasked
 
 
+@pytest.mark.parametrize("node_min", [0, 10**9], ids=["custom-node", "autograd-chain"])
 @pytest.mark.parametrize("granularity", M.GRANULARITIES)
-def test_sigmoid_mask_gradients_match_autograd(granularity: str) -> None:
-    # the fused sigmoid-mask node gives the weight and the scores the gradients of the plain
-    # expression scale * sigmoid(s / T) * w
+def test_sigmoid_mask_gradients_match_autograd(
+    granularity: str, node_min: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # both paths (the custom node for large layers, autograd's chain for small ones) give the
+    # weight and the scores the gradients of the plain expression scale * sigmoid(s / T) * w
+    monkeypatch.setattr(M, "_SIGMOID_NODE_MIN", node_min)
     torch.manual_seed(1)
     cfg = M.MaskConfig(param="sigmoid", granularity=granularity, temperature=0.7)
     weight = torch.randn(5, 3, 2, 2, dtype=torch.float64, requires_grad=True)
