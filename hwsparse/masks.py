@@ -144,7 +144,8 @@ class RelaxedMask(nn.Module):
         x - cut > 0 iff x > cut in IEEE arithmetic, and a float32 sum of ones is exact below
         2^24 entries (float64 above).
         """
-        values, cut = self.score, threshold
+        values: torch.Tensor = self.score
+        cut = threshold
         if self.param == "sigmoid":
             if threshold <= 0:
                 values = self.soft()
