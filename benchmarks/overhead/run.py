@@ -19,6 +19,7 @@ from hwsparse.data import load_dataset
 from hwsparse.models import build_model
 from hwsparse.phase import SearchPhase, Trainer, search_phase
 
+DENSITY = 0.05  # the auto controller's target (it runs every step, so it is part of the cost)
 CASES = [
     ("digits", "mlp"),
     ("digits", "lenet5"),
@@ -39,7 +40,13 @@ def epoch_seconds(
     if not masked:
         run.fit(model, epochs, "plain")
     else:
-        ticket = T.TicketConfig(search_epochs=epochs, mask=M.MaskConfig(param=param))
+        # as `hwsparse search` trains a candidate: --strength auto towards a target density
+        ticket = T.TicketConfig(
+            search_epochs=epochs,
+            mask=M.MaskConfig(param=param),
+            density=DENSITY,
+            auto_strength=True,
+        )
         relaxed = M.attach_relaxed(model, ticket.mask)
         search_phase(run, model, relaxed, SearchPhase.of(ticket))
     return statistics.median(h.seconds for h in run.history)
