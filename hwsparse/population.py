@@ -111,13 +111,7 @@ class _Member:
         self.message = ""
         self.kept = 1.0
         self.strength_final: float | None = None
-        self.steps: dict[int, Tensor] = {}  # Adam's step count per stacked tensor (fused: fp32)
         self.layers: set[str] = set()  # the layers its relaxed masks sit on
-
-    def adam_step(self, key: int, device: torch.device) -> Tensor:
-        if key not in self.steps:
-            self.steps[key] = torch.zeros((), dtype=torch.float32, device=device)
-        return self.steps[key]
 
     def progress(self) -> float:
         return self.step / max(self.epochs * self.spe - 1, 1)
@@ -186,6 +180,9 @@ class Population:
         self.search, self.auto = vec().bool(), vec().bool()
         self.temp, self.scale, self.lam = vec(1.0), vec(1.0), vec()
         self.threshold, self.total, self.rate = vec(0.5), vec(1.0), vec()
+        # Adam per member: learning rates, weight decay, step counts (weights; mask scores)
+        self.lr_w, self.wd, self.lr_m = vec(), vec(), vec()
+        self.step_w, self.step_m = vec(), vec()
         self.m1 = {id(t): torch.zeros_like(t) for t in self._trainable()}
         self.m2 = {id(t): torch.zeros_like(t) for t in self._trainable()}
         self.members: list[_Member | None] = [None] * k
@@ -237,6 +234,11 @@ class Population:
         self.threshold[k] = mem.spec.threshold
         self.total[k] = float(sum(r.score.numel() * r.entry_size for r in relaxed.values()))
         self.rate[k] = mem.spec.rate
+        self.lr_w[k], self.wd[k], self.lr_m[k] = (
+            cand.train.lr,
+            cand.train.weight_decay,
+            mem.spec.mask_lr,
+        )
         self._reset_adam(k)
         if cand.train.rewind_steps == 0:
             mem.snapshot = weight_state(model)
@@ -254,9 +256,7 @@ class Population:
         for t in self._trainable():
             self.m1[id(t)][k] = 0.0
             self.m2[id(t)][k] = 0.0
-        mem = self.members[k]
-        if mem is not None:
-            mem.steps = {}
+        self.step_w[k], self.step_m[k] = 0.0, 0.0
 
     @torch.no_grad()
     def _leave(self, k: int) -> None:
@@ -265,6 +265,8 @@ class Population:
             t[k] = 0
         self.search[k], self.lam[k] = False, 0.0
         self.auto[k] = False
+        self.lr_w[k], self.lr_m[k] = 0.0, 0.0
+        self._reset_adam(k)
         self.members[k] = None
 
     # --- the batched network ---------------------------------------------------------------------
@@ -407,7 +409,7 @@ class Population:
                 assert grad is not None
                 grad.mul_(keep)
             self._penalty_grads(plan)
-            self._adam()
+            self._adam(plan)
             self._project(plan)
             self._control(plan)
         for k, m in enumerate(members):
@@ -446,38 +448,47 @@ class Population:
                     assert scores.grad is not None
                     scores.grad.index_add_(0, idx, g * _v(on, g))
 
-    def _adam(self) -> None:
-        """The solo run's optimiser, member by member on its slices: torch's fused Adam kernel
-        (one call per parameter group: weights; masks in the search phase), each slice with
-        its own moments and step count, so the update is the solo run's to the bit."""
-        for k, mem in enumerate(self.members):
-            if mem is None:
+    def _adam(self, plan: _Plan) -> None:
+        """The solo run's optimiser (torch.optim.Adam's update, L2 weight decay) on the
+        stacked tensors, all members at once: per-member learning rate, weight decay and step
+        count are vectors along the population axis, so a step costs the same few kernels per
+        tensor whatever the number of members (a launch-bound GPU's cost). A member's masks
+        train only in its search phase, and only the scores of its granularity on the layers
+        it masks; every other slice gets a zero step (its moments are never read again: they
+        are reset when the member changes phase or a new one joins). Equal to the solo run's
+        fused kernel within floating-point rounding (tests/test_population.py)."""
+        on_w = torch.zeros(self.K, dtype=torch.bool, device=self.device)
+        on_w[list(plan.live)] = True
+        self.step_w += on_w
+        self._adam_group(list(self.w.values()), self.step_w, on_w, self.lr_w, self.wd)
+        if not plan.search:
+            return
+        self.step_m += self.search
+        for n in self.layers:
+            for scores, channel in self._branches(n, plan):
+                on = self.search & self.masked[n] & (self.chan == channel)
+                self._adam_group([scores], self.step_m, on, self.lr_m, None)
+
+    def _adam_group(
+        self, tensors: list[Tensor], step: Tensor, on: Tensor, lr: Tensor, wd: Tensor | None
+    ) -> None:
+        b1, b2 = _BETAS
+        # bias corrections in float64, as torch's Adam computes them; members not stepping
+        # keep their count and get a step size of 0
+        safe = step.double().clamp_min(1)
+        step_size = torch.where(on, lr.double() / (1 - b1**safe), 0.0).float()
+        bc2_sqrt = (1 - b2**safe).sqrt().float()
+        for t in tensors:
+            grad = t.grad
+            if grad is None:
                 continue
-            train = mem.cand.train
-            groups = [(list(self.w.values()), train.lr, train.weight_decay)]
-            if mem.phase == "search":
-                scores = self.sc if mem.cand.ticket.mask.granularity == "channel" else self.sw
-                groups.append(([scores[n] for n in mem.layers], mem.spec.mask_lr, 0.0))
-            for tensors, lr, wd in groups:
-                grads = [t.grad[k] for t in tensors if t.grad is not None]
-                assert len(grads) == len(tensors)
-                steps = [mem.adam_step(id(t), self.device) for t in tensors]
-                torch._foreach_add_(steps, 1)
-                torch._fused_adam_(
-                    [t[k] for t in tensors],
-                    grads,
-                    [self.m1[id(t)][k] for t in tensors],
-                    [self.m2[id(t)][k] for t in tensors],
-                    [],
-                    steps,
-                    amsgrad=False,
-                    lr=lr,
-                    beta1=_BETAS[0],
-                    beta2=_BETAS[1],
-                    weight_decay=wd,
-                    eps=_ADAM_EPS,
-                    maximize=False,
-                )
+            if wd is not None:
+                grad = grad.add(t * _v(wd, t))
+            m1, m2 = self.m1[id(t)], self.m2[id(t)]
+            m1.lerp_(grad, 1 - b1)
+            m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            denom = (m2.sqrt() / _v(bc2_sqrt, t)).add_(_ADAM_EPS)
+            t.addcdiv_(m1 * -_v(step_size, t), denom)
 
     def _project(self, plan: _Plan) -> None:
         """Clamp projected masks of searching members to [0, 1]."""

@@ -69,8 +69,11 @@ def _candidates() -> list[Candidate]:
 def _same(solo: T.RunResult, batched: T.RunResult) -> None:
     assert batched.status == solo.status
     assert batched.masks.keys() == solo.masks.keys()
-    # On a CPU they come out identical; a GPU's batched kernels sum in another order, and
-    # rounding may swap entries that tie at the top-k cut. Anything more is a real difference.
+    # The population's kernels (its vectorised Adam; on a GPU its batched matmuls) round in
+    # another order than the solo run's, and over hundreds of steps a rounding difference can
+    # flip a ReLU or swap two entries that tie at the top-k cut. So: at most 1 % of the kept
+    # entries differ, and at most 0.1 % of the weights move by more than 1e-3; a real
+    # difference (a wrong learning rate, bias correction or decay) moves nearly all of them.
     differ = sum(int((batched.masks[k] != solo.masks[k]).sum()) for k in solo.masks)
     kept = sum(int(solo.masks[k].sum()) for k in solo.masks)
     assert differ <= 0.01 * kept
@@ -88,7 +91,8 @@ def _same(solo: T.RunResult, batched: T.RunResult) -> None:
     assert solo.model is not None and batched.model is not None
     s, b = solo.model.state_dict(), batched.model.state_dict()
     for k in s:
-        torch.testing.assert_close(b[k], s[k], rtol=1e-3, atol=1e-3)
+        off = ~torch.isclose(b[k], s[k], rtol=1e-3, atol=1e-3)
+        assert int(off.sum()) <= 0.001 * off.numel(), (k, int(off.sum()), off.numel())
 
 
 def test_every_member_equals_its_solo_run(digits: Dataset) -> None:
