@@ -14,9 +14,9 @@ import argparse
 import time
 
 import torch
+from epoch import candidate  # type: ignore[import-not-found]
 from torch.profiler import profile
 
-from epoch import candidate  # type: ignore[import-not-found]
 from hwsparse.data import load_dataset
 from hwsparse.models import build_model
 from hwsparse.population import Population
