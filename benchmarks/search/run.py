@@ -150,6 +150,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", default="benchmarks/search/results/results.jsonl")
     p.add_argument("--report", metavar="JSONL")
+    p.add_argument("--keep", metavar="DIR", help="keep the studies (journals, tickets) here")
     args = p.parse_args()
     if args.report:
         print(report(Path(args.report)))
@@ -160,12 +161,14 @@ def main() -> None:
     if out.exists():
         done = {(r["case"], r["method"], r["seed"]) for r in map(json.loads, out.open())}
     with tempfile.TemporaryDirectory() as tmp:
+        where = Path(args.keep or tmp)
+        where.mkdir(parents=True, exist_ok=True)
         for case in args.cases.split(","):
             for seed in range(args.seeds):
                 for method in args.methods.split(","):
                     if (case, method, seed) in done:
                         continue
-                    row = run_one(case, method, seed, args.trials, args.epochs, Path(tmp))
+                    row = run_one(case, method, seed, args.trials, args.epochs, where)
                     with out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
