@@ -15,8 +15,10 @@ Budget-aware binarisation (:mod:`hwsparse.cost.budget`) cuts a candidate that mi
 until it fits; one that fits at no density skips ticket training (its trial completes infeasible,
 with its constraint values, so the sampler learns from it).
 
-Picking uses validation accuracy only; the picked ticket is then evaluated once on the test
-split, at the target's precision, and that number is stored with the study.
+Picking uses validation accuracy only (on a split under 1,000 samples, the best few trials are
+cross-validated over train + val first: :mod:`hwsparse.crossval`); the picked ticket is then
+evaluated once on the test split, at the target's precision, and that number is stored with the
+study.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from torch import nn
 
 from hwsparse import accel as A
 from hwsparse import artifact_store as AS
+from hwsparse import crossval as CV
 from hwsparse import masks as M
 from hwsparse import storage as stores
 from hwsparse import train as T
@@ -643,9 +646,7 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     - ``none``: every trial trains to the end.
     """
     if name == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=PRUNE_PEERS, n_warmup_steps=0
-        )
+        return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_PEERS, n_warmup_steps=0)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=PRUNE_WARMUP)
     if name == "none":
@@ -907,8 +908,12 @@ def run_search(
                 f"stopped study {study_name!r}: its last {objective.same_errors} trials failed "
                 f"with the same error, so every trial would: {objective.systematic}"
             )
+    dtype = profile.engine().dtype
+    judge = fold_judge(study, storage, config, space, dtype, device, precision, deterministic)
     pick, test_acc = (
-        pick_and_test(study, storage, data, profile.engine().dtype) if pick_best else (None, None)
+        pick_and_test(study, storage, data, dtype, judge, config.seed)
+        if pick_best
+        else (None, None)
     )
     return SearchOutcome(
         study,
@@ -1063,20 +1068,65 @@ def feasible(t: FrozenTrial) -> bool:
 
 
 def pick(study: optuna.Study) -> FrozenTrial | None:
-    """The most accurate feasible trial on validation; ties go to the lower latency."""
-    candidates = [t for t in study.get_trials(deepcopy=False) if feasible(t)]
+    """The study's pick among its feasible trials (:func:`pick_among`)."""
+    return pick_among(study, [t for t in study.get_trials(deepcopy=False) if feasible(t)])
+
+
+def pick_among(study: optuna.Study, candidates: list[FrozenTrial]) -> FrozenTrial | None:
+    """The most accurate of ``candidates`` on validation (ties: lower latency, fewer FLOPs);
+    on a small validation split, the cross-validated best of the shortlist once every fold of
+    it is stored (:mod:`hwsparse.crossval`; :func:`pick_and_test` runs them)."""
     if not candidates:
         return None
+    if CV.needed(candidates):
+        chosen = CV.choose(study.user_attrs.get(CV.CV_ATTR), CV.shortlist(candidates))
+        if chosen is not None:
+            return chosen
+    return min(candidates, key=CV.val_key)
 
-    def key(t: FrozenTrial) -> tuple[float, float, float]:
-        lat = t.user_attrs.get("latency_ms")
-        return (
-            -float(t.user_attrs["val_accuracy"]),
-            float(lat) if lat is not None else math.inf,
-            float(t.user_attrs.get("flops", math.inf)),
+
+def fold_judge(
+    study: optuna.Study,
+    storage: Storage,
+    config: SearchConfig,
+    space: SearchSpace,
+    dtype: str,
+    device: str = "auto",
+    precision: str = "auto",
+    deterministic: bool = False,
+) -> CV.Judge:
+    """How :mod:`hwsparse.crossval` judges a trial on a fold: its ticket's binary masks,
+    retrained from its rewind point with its own settings and seed on the fold's training
+    part (as its trial trained them; the rewind point is re-made on the fold: at rewind step 0
+    it is the seeded initialisation, which one search epoch makes as well as all of them),
+    scored on the held-out part at the target's ``dtype``."""
+
+    def judge(t: FrozenTrial, fold: Dataset) -> float:
+        values = {**dict(space.fixed), **t.params}
+        ticket_cfg, train_cfg = configs(
+            values, config.seed + t.number, device, precision, deterministic
         )
+        if t.user_attrs.get("density_raised_to") is not None:
+            ticket_cfg = replace(ticket_cfg, density=float(t.user_attrs["density_raised_to"]))
+        if train_cfg.rewind_steps == 0:
+            ticket_cfg = replace(ticket_cfg, search_epochs=1)
+        with tempfile.TemporaryDirectory() as tmp:
+            found = load_ticket(AS.fetch_ticket(study, t, storage, Path(tmp)), model=config.model)
 
-    return min(candidates, key=key)
+        def select(model: nn.Module, _: M.Masks) -> M.Masks:
+            where = next(model.parameters()).device
+            return {k: v.to(where) for k, v in found.masks.items()}
+
+        def factory() -> nn.Module:
+            return build_model(config.model, fold.input_shape, fold.num_classes)
+
+        result = T.run_ticket(factory, fold, ticket_cfg, train_cfg, select=select)
+        if result.model is None:  # diverged on this fold: none of it judged right
+            return 0.0
+        deployed = simulate(result.model, dtype, calibration_batch(fold.x_train))
+        return accuracy(deployed, fold.x_val.cpu(), fold.y_val.cpu())
+
+    return judge
 
 
 def closest(study: optuna.Study) -> FrozenTrial | None:
@@ -1092,10 +1142,21 @@ def closest(study: optuna.Study) -> FrozenTrial | None:
 
 
 def pick_and_test(
-    study: optuna.Study, storage: Storage, data: Dataset, dtype: str
+    study: optuna.Study,
+    storage: Storage,
+    data: Dataset,
+    dtype: str,
+    judge: CV.Judge | None = None,
+    seed: int = 0,
 ) -> tuple[FrozenTrial | None, float | None]:
     """Pick the trial and evaluate its ticket once on the test split, at the target's ``dtype``
-    (simulated, :mod:`hwsparse.deploy.quantize`) and in fp32; both are stored with the study."""
+    (simulated, :mod:`hwsparse.deploy.quantize`) and in fp32; both are stored with the study.
+    With ``judge`` (:func:`fold_judge`) and a small validation split, the shortlist is first
+    cross-validated (folds seeded by ``seed``; :mod:`hwsparse.crossval`)."""
+    candidates = [t for t in study.get_trials(deepcopy=False) if feasible(t)]
+    if judge is not None and CV.needed(candidates):
+        save = lambda v: study.set_user_attr(CV.CV_ATTR, v)  # noqa: E731
+        CV.run(study.user_attrs.get(CV.CV_ATTR), save, CV.shortlist(candidates), data, judge, seed)
     chosen = pick(study)
     if chosen is None:
         return None, None
