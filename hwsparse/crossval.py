@@ -8,18 +8,21 @@ labelled data that is not test:
 
 - **Shortlist**: the feasible trials whose validation accuracy lies inside the 95 % Wilson
   interval of the best one (validation cannot tell them apart), best first, at most
-  :data:`SHORTLIST` of them (each costs :data:`FOLDS` trainings).
-- **Folds**: train + validation, split into :data:`FOLDS` stratified folds (fixed by the
-  study's seed: every candidate sees the same folds). 5 folds: each training set is 80 % of
-  train + val, close to the train split the trials used (digits: 1,149 vs 1,293 samples), so
-  a candidate behaves as in its trial; every one of the ``n`` samples is judged once.
+  :data:`SHORTLIST` of them (each costs one training per fold).
+- **Folds**: train + validation, split into stratified folds (fixed by the study's seed:
+  every candidate sees the same folds), as many as make each held-out fold the size of the
+  validation split (:func:`fold_count`; 10 with the built-in 10 % split). Each fold's training
+  part then has as many samples as the train split the trial used, so a candidate trains as
+  many steps as in its trial: with 5 folds (80 %) tickets whose accuracy still rose at the end
+  of their schedule were judged up to 10 points below their test accuracy (digits on STM32H7,
+  benchmarks/search/README.md). Every one of the ``n`` samples is judged once.
 - **Per fold**: the candidate's own ticket (its binary masks, so it fits the budget exactly as
   found) is retrained from its own rewind point with its own settings and seed on the other
   folds, then scored on the held-out fold at the target's precision, as validation is.
 - **Pick**: the highest pooled accuracy (correct / n over the held-out folds); ties go to the
   better validation rank. Its accuracy, n and Wilson interval are shown with the pick. The
-  interval treats the n judgements as independent (they come from 5 trainings, so it is
-  somewhat narrow); it still says what n = 1,437 samples buys over 144.
+  interval treats the n judgements as independent (they come from one training per fold, so
+  it is somewhat narrow); it still says what n = 1,438 samples buys over 144.
 
 On a large validation split (>= :data:`SMALL_VAL` samples) nothing changes. Every finished
 fold is stored in the study (:data:`CV_ATTR`) as it ends, so a killed pick re-done retrains
@@ -41,7 +44,6 @@ from hwsparse.data import Dataset
 from hwsparse.stats import interval_or_none, wilson_interval
 
 SMALL_VAL = 1000  # validation samples under which the pick is cross-validated
-FOLDS = 5
 SHORTLIST = 4
 CV_ATTR = "hwsparse_cv"  # study attr: {"folds": k, "seed": s, "trials": {number: {fold: [c, n]}}}
 
@@ -108,6 +110,11 @@ def shortlist(feasible: list[T]) -> list[T]:
     best = ranked[0].user_attrs
     low, _ = wilson_interval(float(best["val_accuracy"]), int(best["val_samples"]))
     return [t for t in ranked if float(t.user_attrs["val_accuracy"]) >= low][:SHORTLIST]
+
+
+def fold_count(n_train: int, n_val: int) -> int:
+    """Folds whose held-out part is the size of the validation split (at least 2)."""
+    return max(2, round((n_train + n_val) / n_val))
 
 
 def folds(y: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
@@ -184,11 +191,11 @@ def run(
     data: Dataset,
     judge: Judge,
     seed: int,
-    k: int = FOLDS,
 ) -> None:
-    """Judge each shortlisted trial on each of ``k`` folds (``judge`` trains and scores),
-    passing the results to ``save`` as every fold ends; folds already in ``stored`` are not
-    trained again."""
+    """Judge each shortlisted trial on each fold (:func:`fold_count`; ``judge`` trains and
+    scores), passing the results to ``save`` as every fold ends; folds already in ``stored``
+    are not trained again."""
+    k = fold_count(len(data.y_train), len(data.y_val))
     y = torch.cat([data.y_train, data.y_val])
     parts = folds(y, k, seed)
     done = _for(stored, k, seed)

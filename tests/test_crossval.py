@@ -116,13 +116,24 @@ def _label_judge(calls: list[tuple[int, int]]) -> crossval.Judge:
     return judge
 
 
+def test_each_fold_trains_on_as_many_samples_as_the_train_split() -> None:
+    data = load_dataset("digits")
+    k = crossval.fold_count(len(data.y_train), len(data.y_val))
+    assert k == 10  # the val split is 10 % of train + val
+    parts = crossval.folds(torch.cat([data.y_train, data.y_val]), k, seed=0)
+    sizes = {len(crossval.fold_data(data, p).y_train) for p in parts}
+    assert all(abs(n - len(data.y_train)) <= 1 for n in sizes)
+    assert crossval.fold_count(900, 100) == 10 and crossval.fold_count(100, 900) == 2
+
+
 def test_run_stores_every_fold_and_a_killed_run_redoes_only_the_missing_ones() -> None:
     data = load_dataset("digits")
+    folds = crossval.fold_count(len(data.y_train), len(data.y_val))
     short = [_trial(3, 0.9), _trial(7, 0.88)]
     whole: list[dict[str, Any]] = []
     crossval.run(None, whole.append, short, data, _label_judge([]), seed=0)
     expected = whole[-1]
-    assert len(whole) == 2 * crossval.FOLDS  # saved after each fold
+    assert len(whole) == 2 * folds  # saved after each fold
     n = len(data.y_train) + len(data.y_val)
     for number in (3, 7):
         judged = crossval.judged(expected, number)
@@ -143,11 +154,11 @@ def test_run_stores_every_fold_and_a_killed_run_redoes_only_the_missing_ones() -
     assert len(saved) == 6
     calls.clear()
     crossval.run(saved[-1], saved.append, short, data, _label_judge(calls), seed=0)
-    assert len(calls) == 2 * crossval.FOLDS - 6  # only the folds it lacked
+    assert len(calls) == 2 * folds - 6  # only the folds it lacked
     assert saved[-1] == expected  # and the same result as the run that was not killed
     calls.clear()
     crossval.run(saved[-1], saved.append, short, data, _label_judge(calls), seed=1)
-    assert len(calls) == 2 * crossval.FOLDS  # other folds: judged again
+    assert len(calls) == 2 * folds  # other folds: judged again
 
 
 def test_a_digits_search_picks_by_cross_validation_and_shows_it(tmp_path: Path) -> None:
@@ -173,7 +184,7 @@ def test_a_digits_search_picks_by_cross_validation_and_shows_it(tmp_path: Path) 
     # a pick killed during cross-validation: re-done, it retrains only the missing fold
     trimmed = json.loads(json.dumps(stored))
     first = str(short[0].number)
-    del trimmed["trials"][first]["4"]
+    del trimmed["trials"][first]["4"]  # one of its folds
     study.set_user_attr(crossval.CV_ATTR, trimmed)
     assert search.pick(study) is not None  # still a pick (by validation) meanwhile
     calls: list[int] = []
