@@ -10,8 +10,8 @@ is shown with the pick (n = all train + val samples):
   many as make each held-out fold the size of the validation split (:func:`fold_count`; 10
   with the built-in 10 % split). Each fold's training part then has as many samples as the
   train split the trial used, so the ticket trains as many steps as in its trial: with 5
-  folds (80 %) tickets whose accuracy still rose at the end of their schedule were judged up
-  to 10 points below their test accuracy (digits on STM32H7, benchmarks/search/README.md).
+  folds (80 %) tickets whose accuracy still rose at the end of their schedule were judged
+  6-18 points below their test accuracy (digits on STM32H7, benchmarks/search/README.md).
   Every one of the ``n`` samples is judged once.
 - **Per fold**: the trial's own ticket (its binary masks, so it fits the budget exactly as
   found) is retrained from its own rewind point with its own settings and seed on the other
@@ -23,9 +23,9 @@ is shown with the pick (n = all train + val samples):
 
 Picking by it was measured and not kept: :func:`shortlist` (the trials inside the best one's
 Wilson interval, at most :data:`SHORTLIST`) re-ranked by :func:`choose` gave a worse test
-accuracy in 12 of the 18 benchmark checkpoints where it changed the pick (validation sees the
-luck of each trial's own training run, and that luck holds on test). benchmarks/search keeps
-the comparison.
+accuracy in 13 of the 19 benchmark checkpoints where it changed the pick, a better one in 5
+(validation sees the luck of each trial's own training run, and that luck holds on test).
+benchmarks/search keeps the comparison.
 
 On a large validation split (>= :data:`SMALL_VAL` samples) nothing is cross-validated. Every
 finished fold is stored in the study (:data:`CV_ATTR`) as it ends, so a killed pick re-done

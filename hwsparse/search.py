@@ -1076,8 +1076,8 @@ def pick_among(study: optuna.Study, candidates: list[FrozenTrial]) -> FrozenTria
     """The most accurate of ``candidates`` on validation (ties: lower latency, fewer FLOPs).
 
     Not the cross-validated best of a shortlist (:func:`hwsparse.crossval.choose`): measured
-    in benchmarks/search (README), that pick was worse on test in 12 of the 18 checkpoints
-    where it differed (validation sees the luck of the trial's own training run, which holds
+    in benchmarks/search (README), that pick was worse on test in 13 of the 19 checkpoints
+    where it differed, better in 5 (validation sees the luck of the trial's own run, which holds
     on test; cross-validation retrains). On a small split the pick's settings are
     cross-validated for the accuracy shown with it instead (:func:`pick_and_test`)."""
     if not candidates:
