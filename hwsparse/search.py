@@ -636,13 +636,13 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    """How a budget study stops trials early, on validation accuracy per ticket epoch.
+    """How a budget study stops trials early, on validation accuracy per ticket epoch. Every
+    pruner is asked only at the epochs :func:`may_prune` allows (the objective asks there).
 
     - ``median`` (default): below the median of the completed trials at the same epoch, with
-      ``PRUNE_PEERS`` completed trials, at the epochs :func:`may_prune` allows (the objective
-      asks the pruner only there);
+      ``PRUNE_PEERS`` completed trials;
     - ``hyperband``: Optuna's HyperbandPruner (successive halving over brackets: many
-      candidates get few epochs, the best get all);
+      candidates get few epochs, the best get all; rungs from epoch ``PRUNE_WARMUP``);
     - ``none``: every trial trains to the end.
     """
     if name == "median":
