@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
+from hwsparse import crossval
 from hwsparse._files import atomic_write
 from hwsparse.search import CONFIG_ATTR, PICK_ATTR, closest, feasible, importance, pick
 from hwsparse.stats import interval_or_none
@@ -85,16 +86,24 @@ def summary(study: optuna.Study) -> dict[str, Any]:
         "n_trials": len(trials),
         "states": {k: v for k, v in counts.items() if v},
         "n_feasible": sum(feasible(t) for t in trials),
-        "picked": pick_row(chosen, stored),
+        "picked": pick_row(chosen, stored, study.user_attrs.get(crossval.CV_ATTR)),
         "closest": trial_row(near) if near else None,
         "pareto_front": [t.number for t in pareto_front(study)],
     }
 
 
-def pick_row(chosen: FrozenTrial | None, stored: dict[str, Any]) -> dict[str, Any] | None:
+def pick_row(
+    chosen: FrozenTrial | None, stored: dict[str, Any], cv: crossval.Stored = None
+) -> dict[str, Any] | None:
+    """The pick's row, with its test accuracy (``stored``: the study's pick record) and, when
+    its shortlist was cross-validated (``cv``: :data:`hwsparse.crossval.CV_ATTR`), its pooled
+    accuracy over the held-out folds with n and interval."""
     if chosen is None:
         return None
     row = trial_row(chosen)
+    judged = crossval.judged(cv, chosen.number)
+    if judged is not None:
+        row.update(judged.as_dict())
     same = stored.get("trial") == chosen.number
     row["test_accuracy"] = stored.get("test_accuracy") if same else None
     row["test_accuracy_fp32"] = stored.get("test_accuracy_fp32") if same else None
@@ -248,6 +257,9 @@ def pick_table(info: dict[str, Any]) -> Table:
         t.add_row(f"val accuracy ({dtype}, as deployed)", _acc(row, "val_accuracy"))
         if row.get("val_accuracy_fp32") is not None and dtype != "fp32":
             t.add_row("val accuracy (fp32)", f"{_pct(row['val_accuracy_fp32'])} %")
+        if row.get("cv_accuracy") is not None:
+            label = f"cross-validated accuracy ({dtype}, {row['cv_folds']} folds of train+val)"
+            t.add_row(label, _acc(row, "cv_accuracy"))
     if picked:
         t.add_row(f"test accuracy ({dtype}, evaluated once)", _acc(row, "test_accuracy"))
     t.add_row("achieved density", f"{row['density']:.4f}")

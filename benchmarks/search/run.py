@@ -25,15 +25,17 @@ import json
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
-from hwsparse import artifact_store, search
+from hwsparse import artifact_store, crossval, search
 from hwsparse import storage as stores
 from hwsparse.cost.estimate import Budget
+from hwsparse.cost.profiles import load_profile
 from hwsparse.data import load_dataset
 from hwsparse.space import load_space, parse_space
 from hwsparse.tickets import load_ticket
@@ -72,7 +74,8 @@ def fixed_space(epochs: int, lr: float | None) -> search.SearchSpace:
     return parse_space(data, "fixed")
 
 
-def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Path) -> dict:
+def setup(case: str, method: str, seed: int, epochs: int) -> tuple[Any, Any]:
+    """The (SearchConfig, SearchSpace) of one benchmark study."""
     dataset, model, target, budget = CASES[case]
     lr = 0.01 if dataset == "mnist1d" else None  # conv1d on MNIST-1D needs lr 1e-2
     space = search.apply_epochs(load_space("default"), epochs)
@@ -82,6 +85,56 @@ def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Pa
         space = fixed_space(epochs, lr)
     config = search.SearchConfig(dataset=dataset, model=model, target=target, budget=budget,
                                  space=space.as_dict(), seed=seed)  # fmt: skip
+    return config, space
+
+
+def test_of(study: Any, trial: Any, storage: Any, data: Any) -> float:
+    """The trial's ticket on the test split, fp32."""
+    with tempfile.TemporaryDirectory() as d:
+        ticket = load_ticket(artifact_store.fetch_ticket(study, trial, storage, Path(d)))
+    with torch.no_grad():
+        return float((ticket.model(data.x_test).argmax(1) == data.y_test).float().mean())
+
+
+def checkpoint_picks(study: Any, storage: Any, config: Any, space: Any) -> dict[str, Any]:
+    """At each checkpoint k, among the first k trials: the pick by validation (the shipped
+    rule, ``test_at_k``) and, on a small val split, the cross-validated best of the shortlist
+    (``crossval.shortlist`` / ``choose``: the rule measured and not kept, ``test_cv_at_k``),
+    each on test once; ``cv_at_k``: the pooled cross-validated accuracy of that pick,
+    ``cv_of_val_pick_at_k``: of the shipped pick (what the card shows)."""
+    data = load_dataset(config.dataset)
+    dtype = load_profile(config.target).engine().dtype
+    judge = search.fold_judge(study, storage, config, space, dtype, "cpu")
+    trials_all = sorted(study.trials, key=lambda t: t.number)
+    row: dict[str, Any] = {}
+    for k in CHECKPOINTS:
+        first = [t for t in trials_all[:k] if search.feasible(t)]
+        if not first:
+            row[f"test_at_{k}"] = row[f"test_cv_at_{k}"] = None
+            continue
+        best = search.pick_among(study, first)
+        assert best is not None
+        row[f"test_at_{k}"] = test_of(study, best, storage, data)
+        row[f"val_at_{k}"] = best.user_attrs["val_accuracy"]
+        if not crossval.needed(first):
+            continue
+        save = lambda v: study.set_user_attr(crossval.CV_ATTR, v)  # noqa: E731
+        short = crossval.shortlist(first)
+        crossval.run(study.user_attrs.get(crossval.CV_ATTR), save, short, data, judge,
+                     config.seed)  # fmt: skip
+        stored = study.user_attrs.get(crossval.CV_ATTR)
+        chosen = crossval.choose(stored, short)
+        assert chosen is not None
+        row[f"val_pick_at_{k}"], row[f"pick_at_{k}"] = best.number, chosen.number
+        row[f"test_cv_at_{k}"] = test_of(study, chosen, storage, data)
+        for key, t in ((f"cv_at_{k}", chosen), (f"cv_of_val_pick_at_{k}", best)):
+            judged = crossval.judged(stored, t.number)
+            row[key] = judged.accuracy if judged else None
+    return row
+
+
+def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Path) -> dict:
+    config, space = setup(case, method, seed, epochs)
     storage = stores.open_storage(tmp / f"{case}-{method}-{seed}.journal", create=True)
     name = "bench"
     sampler, design, pruner = METHODS[method]
@@ -90,22 +143,10 @@ def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Pa
         design=design, pruner=pruner,
     )  # fmt: skip
     study = outcome.study
-    data = load_dataset(dataset)
     trials_all = sorted(study.trials, key=lambda t: t.number)
     row: dict[str, Any] = {"case": case, "method": method, "seed": seed, "trials": trials,
                            "epochs": epochs}  # fmt: skip
-    for k in CHECKPOINTS:
-        first = [t for t in trials_all[:k] if search.feasible(t)]
-        if not first:
-            row[f"test_at_{k}"] = None
-            continue
-        best = max(first, key=lambda t: t.user_attrs["val_accuracy"])
-        with tempfile.TemporaryDirectory() as d:
-            ticket = load_ticket(artifact_store.fetch_ticket(study, best, storage, Path(d)))
-        with torch.no_grad():
-            acc = float((ticket.model(data.x_test).argmax(1) == data.y_test).float().mean())
-        row[f"test_at_{k}"] = acc
-        row[f"val_at_{k}"] = best.user_attrs["val_accuracy"]
+    row.update(checkpoint_picks(study, outcome.storage, config, space))
     done = [t for t in trials_all if t.state == optuna.trial.TrialState.COMPLETE]
     row["train_s_median"] = statistics.median(t.user_attrs["train_seconds"] for t in done)
     row["cost_s_median"] = statistics.median(t.user_attrs["cost_seconds"] for t in done)
@@ -117,7 +158,26 @@ def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Pa
     return row
 
 
-def report(path: Path) -> str:
+def add_cv(path: Path, keep: Path) -> None:
+    """Add the cross-validated picks (``checkpoint_picks``) to the rows of ``path`` that lack
+    them, from the studies kept in ``keep`` (``--keep``); the file is rewritten."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        if "test_cv_at_10" in r:
+            continue
+        config, space = setup(r["case"], r["method"], r["seed"], r["epochs"])
+        journal = keep / f"{r['case']}-{r['method']}-{r['seed']}.journal"
+        storage = stores.open_storage(journal)
+        study = optuna.load_study(study_name="bench", storage=storage.backend)
+        storage = replace(storage, artifacts=artifact_store.of_study(study, storage))
+        r.update(checkpoint_picks(study, storage, config, space))
+        print(json.dumps(r), flush=True)
+        path.write_text("".join(json.dumps(x) + "\n" for x in rows))
+
+
+def report(path: Path, pick: str = "test") -> str:
+    """The results table; ``pick``: ``test`` (the pick by validation, shipped) or ``test_cv``
+    (the cross-validated best of the shortlist on small val splits, measured, not kept)."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     lines = ["| case | method | " + " | ".join(f"test @{k}" for k in CHECKPOINTS)
              + " | feasible | pruned | train s/trial | cost s/trial | seeds |",
@@ -128,7 +188,7 @@ def report(path: Path) -> str:
     for (case, method), rs in sorted(groups.items()):
         cells = []
         for k in CHECKPOINTS:
-            vals = [100 * r[f"test_at_{k}"] for r in rs if r.get(f"test_at_{k}") is not None]
+            vals = [100 * r[f"{pick}_at_{k}"] for r in rs if r.get(f"{pick}_at_{k}") is not None]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.fmean(vals):.2f} ± {sd:.2f} ({len(vals)})" if vals else "—")
         lines.append(
@@ -150,9 +210,25 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", default="benchmarks/search/results/results.jsonl")
     p.add_argument("--report", metavar="JSONL")
+    p.add_argument("--keep", metavar="DIR", help="keep the studies (journals, tickets) here")
+    p.add_argument(
+        "--pick",
+        choices=("test", "test_cv"),
+        default="test",
+        help="--report: the pick by val (shipped) or the cross-validated shortlist's best",
+    )
+    p.add_argument(
+        "--add-cv",
+        action="store_true",
+        help="add the cross-validated picks to --out's rows from --keep's studies",
+    )
     args = p.parse_args()
     if args.report:
-        print(report(Path(args.report)))
+        print(report(Path(args.report), args.pick))
+        sys.exit(0)
+    torch.set_num_threads(1)
+    if args.add_cv:
+        add_cv(Path(args.out), Path(args.keep))
         sys.exit(0)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -160,12 +236,14 @@ def main() -> None:
     if out.exists():
         done = {(r["case"], r["method"], r["seed"]) for r in map(json.loads, out.open())}
     with tempfile.TemporaryDirectory() as tmp:
+        where = Path(args.keep or tmp)
+        where.mkdir(parents=True, exist_ok=True)
         for case in args.cases.split(","):
             for seed in range(args.seeds):
                 for method in args.methods.split(","):
                     if (case, method, seed) in done:
                         continue
-                    row = run_one(case, method, seed, args.trials, args.epochs, Path(tmp))
+                    row = run_one(case, method, seed, args.trials, args.epochs, where)
                     with out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)

@@ -14,7 +14,7 @@ import typer
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
-from hwsparse import api, recovery, report, search
+from hwsparse import api, crossval, recovery, report, search
 from hwsparse import artifact_store as artifacts
 from hwsparse import storage as stores
 from hwsparse import train as T
@@ -518,7 +518,8 @@ def _json_pick(row: dict[str, Any] | None) -> dict[str, Any] | None:
     keys = ("trial", "params", "val_accuracy", "test_accuracy", "density", "flops",
             "latency_ms", "latency_ms_low", "latency_ms_high", "weight_bytes",
             "peak_activation_bytes", "fits_budget")  # fmt: skip
-    return {k: row.get(k) for k in keys}
+    cv = ("cv_accuracy", "cv_samples", "cv_folds", "cv_accuracy_interval")  # when judged
+    return {k: row.get(k) for k in keys} | {k: row[k] for k in cv if k in row}
 
 
 @app.command()
@@ -710,6 +711,7 @@ def export(
                 "picked": (search.pick(s) or chosen).number == chosen.number,
                 "params": chosen.params,
                 "val_accuracy": chosen.user_attrs.get("val_accuracy"),
+                **_cv_of(s, chosen),
                 "config": cfg,
             }
             budget = Budget(**cfg.get("budget", {}))
@@ -726,6 +728,12 @@ def export(
     if not done.ok:
         err.print("the artifact does NOT agree with the torch network (see agreement)")
         raise typer.Exit(code=1)
+
+
+def _cv_of(study: optuna.Study, chosen: FrozenTrial) -> dict[str, Any]:
+    """The trial's cross-validated accuracy for the card (:mod:`hwsparse.crossval`), if any."""
+    judged = crossval.judged(study.user_attrs.get(crossval.CV_ATTR), chosen.number)
+    return judged.as_dict() if judged is not None else {}
 
 
 def _trial(study: optuna.Study, number: int | None) -> FrozenTrial:
