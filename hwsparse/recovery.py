@@ -76,13 +76,19 @@ def worker_lock(journal: str | Path) -> str:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: nobody else holds it
     _held_locks[str(folder)] = (lock_id, fd)
-    atexit.register(_drop_lock, path, fd)
+    atexit.register(release_worker_lock, journal)
     return lock_id
 
 
-def _drop_lock(path: Path, fd: int) -> None:
-    path.unlink(missing_ok=True)
-    os.close(fd)
+def release_worker_lock(journal: str | Path) -> None:
+    """This process has stopped running trials on ``journal``: drop its worker lock, so that a
+    trial it left RUNNING (its end state could not be written: a full disk) counts as dead to
+    the next run, in this process too (a later run takes a new lock)."""
+    folder = workers_folder(journal)
+    held = _held_locks.pop(str(folder), None)
+    if held is not None:
+        (folder / f"{held[0]}.lock").unlink(missing_ok=True)
+        os.close(held[1])
 
 
 def lock_is_free(journal: str | Path, lock_id: str) -> bool:

@@ -57,7 +57,12 @@ from hwsparse.models import build_model
 from hwsparse.penalties import get_penalty
 from hwsparse.population import MAX_SLOTS, Candidate, Population, auto_slots
 from hwsparse.preset import REGULARIZER_KNOBS, fits_param
-from hwsparse.recovery import mark_worker, recover_interrupted, retried_numbers
+from hwsparse.recovery import (
+    mark_worker,
+    recover_interrupted,
+    release_worker_lock,
+    retried_numbers,
+)
 from hwsparse.space import SearchSpace
 from hwsparse.storage import Storage
 from hwsparse.tickets import META_FILE, WEIGHTS_FILE, load_ticket, save_ticket
@@ -546,6 +551,20 @@ def count_finished(study: optuna.Study) -> int:
     )
 
 
+def _storage_failure(exc: AssertionError) -> BaseException:
+    """The OSError under Optuna's ``assert False, "Should not reach."``, else ``exc``.
+
+    When a trial's end state cannot be written (a full disk), Optuna's ``_run_trial`` reads
+    the trial back in its ``finally``, finds it still RUNNING and asserts, hiding the OSError
+    that says where and why; the CLI turns that OSError into its one line."""
+    cause: BaseException | None = exc.__context__
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return cause
+        cause = cause.__context__
+    return exc
+
+
 def others_finish(study: optuna.Study, storage: Storage, total: int) -> bool:
     """Whether this worker should stop because the study reaches ``total`` finished trials
     with the ones other workers are running. While it would reach it only with those, wait:
@@ -888,20 +907,26 @@ def run_search(
             s.stop()
 
     slots = batch_slots(batch_trials, config, data, device, precision)
-    if to_run > 0 and slots > 1:
-        objective.batched = True
-        run_batched(
-            study, objective, to_run, timeout, [count, *callbacks], slots, lambda: enough[0]
-        )
-    elif to_run > 0:
-        study.optimize(
-            objective,
-            n_trials=to_run,
-            timeout=timeout,
-            callbacks=[count, *callbacks],
-            catch=(),
-            gc_after_trial=False,
-        )
+    try:
+        if to_run > 0 and slots > 1:
+            objective.batched = True
+            run_batched(
+                study, objective, to_run, timeout, [count, *callbacks], slots, lambda: enough[0]
+            )
+        elif to_run > 0:
+            study.optimize(
+                objective,
+                n_trials=to_run,
+                timeout=timeout,
+                callbacks=[count, *callbacks],
+                catch=(),
+                gc_after_trial=False,
+            )
+    except AssertionError as exc:
+        raise _storage_failure(exc) from None
+    finally:
+        if storage.journal is not None:
+            release_worker_lock(storage.journal)
     if to_run > 0:
         if objective.systematic is not None:
             raise InputError(

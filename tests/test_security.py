@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from typer.testing import CliRunner
 
 from hwsparse import recovery, search
@@ -261,8 +261,18 @@ def test_trials_record_their_worker_lock(tmp_path: Path) -> None:
         space=space.as_dict(),
     )  # fmt: skip
     storage = stores.open_storage(tmp_path / "s.journal", create=True)
-    out = search.run_search("s", storage, config, space, trials=1, device="cpu")
+    held: list[bool] = []
+
+    def on_trial(study: optuna.Study, trial: FrozenTrial) -> None:  # while the worker runs
+        lock_id = trial.user_attrs[recovery.WORKER_LOCK_ATTR]
+        held.append((tmp_path / "s.workers" / f"{lock_id}.lock").exists())
+        held.append(not recovery.lock_is_free(tmp_path / "s.journal", lock_id))
+
+    out = search.run_search("s", storage, config, space, trials=1, device="cpu", on_trial=on_trial)
+    assert held == [True, True]  # held by this process while it runs trials
     (trial,) = out.study.trials
-    lock_id = trial.user_attrs[recovery.WORKER_LOCK_ATTR]
-    assert (tmp_path / "s.workers" / f"{lock_id}.lock").exists()  # held by this process
-    assert not recovery.lock_is_free(tmp_path / "s.journal", lock_id)
+    # released when it stops running them: a trial it had left RUNNING (its end state could
+    # not be written) is then dead to the next run, even one in this same process
+    assert recovery.lock_is_free(
+        tmp_path / "s.journal", trial.user_attrs[recovery.WORKER_LOCK_ATTR]
+    )
