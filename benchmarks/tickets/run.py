@@ -9,8 +9,9 @@ stopped (runs already recorded are skipped). `--report` turns the JSONL into mar
 
 IMP runs once per seed down to the smallest density and keeps a ticket at each density on its
 way (benchmarks/tickets/imp_path.py); each ticket is charged what IMP to its density costs.
-`--knobs search_epochs=60,mask_lr=0.005` overrides TicketConfig fields for the penalties
-(recorded in each row; rows with other knobs are other runs).
+`--knobs search_epochs=60,mask_lr=0.005` overrides TicketConfig fields for the penalties. Each
+penalty row records the resolved values of every knob (`ticket`), so rows run under other
+defaults stay apart from new ones (rows without `ticket` predate it).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from hwsparse import train as T
 from hwsparse.data import Dataset, load_dataset
 from hwsparse.models import build_model
+from hwsparse.penalties import resolve_eps
 
 sys.path.insert(0, str(Path(__file__).parent))
 from imp_path import imp_tickets  # noqa: E402
@@ -55,6 +57,23 @@ def knob_key(knobs: dict[str, Any]) -> str:
     return json.dumps(knobs, sort_keys=True)
 
 
+def resolved(method: str, knobs: dict[str, Any]) -> dict[str, Any]:
+    """Every knob's value in the run of ``method`` with ``knobs`` ({} for a baseline)."""
+    if method in T.BASELINES:
+        return {}
+    ticket = T.TicketConfig(penalty=method, **knobs)
+    return {k: getattr(ticket, k) for k in KNOBS} | {"eps": resolve_eps(method, ticket.eps)}
+
+
+def settings(row: dict[str, Any]) -> str:
+    """A row's knob values as shown in the tables ('' for baselines and old rows)."""
+    t = row.get("ticket", {})
+    if not t:
+        return ""
+    return (f"{t['search_epochs']} ep, mask lr {t['mask_lr']:g}, eps {t['eps']:g}, "
+            f"ramp {t['auto_ramp']:g}, rate {t['auto_rate']:g}")  # fmt: skip
+
+
 class Cells:
     """The runs of one (dataset, model, schedule): which are recorded, and appending new ones."""
 
@@ -66,7 +85,7 @@ class Cells:
             for line in self.out.read_text().splitlines():
                 r = json.loads(line)
                 self.done.add((r["method"], r["target_density"], r["seed"],
-                               knob_key(r.get("knobs", {}))))  # fmt: skip
+                               knob_key(r.get("ticket", {}))))  # fmt: skip
         self.train = T.TrainConfig(
             epochs=args.epochs, lr=args.lr, rewind_steps=args.rewind_steps, device="cpu"
         )
@@ -75,8 +94,8 @@ class Cells:
         return build_model(self.args.model, self.data.input_shape, self.data.num_classes)
 
     def missing(self, method: str, target: float, seed: int) -> bool:
-        knobs = self.knobs if method not in T.BASELINES else {}
-        return (method, target, seed, knob_key(knobs)) not in self.done
+        key = knob_key(resolved(method, self.knobs))
+        return (method, target, seed, key) not in self.done
 
     def record(self, method: str, target: float, seed: int, r: T.RunResult, t0: float) -> None:
         knobs = self.knobs if method not in T.BASELINES else {}
@@ -89,11 +108,12 @@ class Cells:
             "schedule_epochs": self.args.epochs,
             "lr": self.args.lr,
             "knobs": knobs,
+            "ticket": resolved(method, self.knobs),
             "wall_s": round(time.perf_counter() - t0, 2),
         }
         with self.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        self.done.add((method, target, seed, knob_key(knobs)))
+        self.done.add((method, target, seed, knob_key(row["ticket"])))
         print(
             f"{method:<9} d={target:<5} seed={seed} val={r.val_accuracy:.4f} "
             f"test={r.test_accuracy:.4f} density={r.density:.4f} epochs={r.epochs} "
@@ -165,7 +185,7 @@ def groups(rows: list[dict[str, Any]]) -> Iterator[tuple[float, str, str, list[d
     """(density, method, knobs, rows) largest density first."""
     out: dict[tuple[float, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        key = (r["target_density"], r["method"], knob_key(r.get("knobs", {})))
+        key = (r["target_density"], r["method"], settings(r))
         out.setdefault(key, []).append(r)
     for (density, method, knobs), rs in sorted(out.items(), key=lambda kv: (-kv[0][0], kv[0][1:])):
         yield density, method, knobs, rs
@@ -177,14 +197,14 @@ def report(path: Path) -> str:
         f"{rows[0]['dataset']} / {rows[0]['model']}, schedule {rows[0]['schedule_epochs']} "
         "epochs; test accuracy % (mean ± std over seeds), epochs = all training one run spent",
         "",
-        "| density | method | knobs | test acc % | val acc % | achieved density | epochs "
+        "| density | method | settings | test acc % | val acc % | achieved density | epochs "
         "| seeds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for density, method, knobs, rs in groups(rows):
         ok = [r for r in rs if r["status"] == "ok"]
         lines.append(
-            f"| {density:g} | {method} | {'' if knobs == '{}' else knobs} | "
+            f"| {density:g} | {method} | {knobs} | "
             f"{mean_std([100 * r['test_accuracy'] for r in ok])} | "
             f"{statistics.fmean(100 * r['val_accuracy'] for r in ok):.2f} | "
             f"{statistics.fmean(r['density'] for r in ok):.4f} | "
@@ -198,7 +218,7 @@ def against_imp(rows: list[dict[str, Any]], method: str = "log") -> str:
     seeds) with <= 1/3 of IMP's epochs; per-seed differences shown (same seed, same split)."""
     imp = {(r["target_density"], r["seed"]): r for r in rows if r["method"] == "imp"}
     lines = [
-        f"| density | {method} knobs | {method} - IMP test (points) | per seed | "
+        f"| density | {method} settings | {method} - IMP test (points) | per seed | "
         "val diff | epochs ratio | target |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -213,7 +233,7 @@ def against_imp(rows: list[dict[str, Any]], method: str = "log") -> str:
         ratio = statistics.fmean(a["epochs"] / b["epochs"] for a, b in pairs)
         met = statistics.fmean(test) >= -0.5 and ratio <= 1 / 3
         lines.append(
-            f"| {density:g} | {'' if knobs == '{}' else knobs} | {statistics.fmean(test):+.2f} | "
+            f"| {density:g} | {knobs} | {statistics.fmean(test):+.2f} | "
             f"{', '.join(f'{d:+.2f}' for d in test)} | {statistics.fmean(val):+.2f} | "
             f"{ratio:.3f} | {'met' if met else 'missed'} |"
         )
