@@ -460,25 +460,29 @@ class Population:
         on_w = torch.zeros(self.K, dtype=torch.bool, device=self.device)
         on_w[list(plan.live)] = True
         self.step_w += on_w
-        self._adam_group(list(self.w.values()), self.step_w, on_w, self.lr_w, self.wd)
+        weights = [(t, on_w) for t in self.w.values()]
+        self._adam_group(weights, self.step_w, self.lr_w, self.wd)
         if not plan.search:
             return
         self.step_m += self.search
-        for n in self.layers:
-            for scores, channel in self._branches(n, plan):
-                on = self.search & self.masked[n] & (self.chan == channel)
-                self._adam_group([scores], self.step_m, on, self.lr_m, None)
+        scores = [
+            (s, self.search & self.masked[n] & (self.chan == channel))
+            for n in self.layers
+            for s, channel in self._branches(n, plan)
+        ]
+        self._adam_group(scores, self.step_m, self.lr_m, None)
 
     def _adam_group(
-        self, tensors: list[Tensor], step: Tensor, on: Tensor, lr: Tensor, wd: Tensor | None
+        self, tensors: list[tuple[Tensor, Tensor]], step: Tensor, lr: Tensor, wd: Tensor | None
     ) -> None:
+        """One Adam step of stacked ``tensors``, each with the members it updates (``on``)."""
         b1, b2 = _BETAS
-        # bias corrections in float64, as torch's Adam computes them; members not stepping
-        # keep their count and get a step size of 0
+        # bias corrections in float64, as torch's Adam computes them, once for the group;
+        # members not stepping keep their count and get a step size of 0
         safe = step.double().clamp_min(1)
-        step_size = torch.where(on, lr.double() / (1 - b1**safe), 0.0).float()
+        size = (lr.double() / (1 - b1**safe)).float()
         bc2_sqrt = (1 - b2**safe).sqrt().float()
-        for t in tensors:
+        for t, on in tensors:
             grad = t.grad
             if grad is None:
                 continue
@@ -488,7 +492,7 @@ class Population:
             m1.lerp_(grad, 1 - b1)
             m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
             denom = (m2.sqrt() / _v(bc2_sqrt, t)).add_(_ADAM_EPS)
-            t.addcdiv_(m1 * -_v(step_size, t), denom)
+            t.addcdiv_(m1 * -_v(torch.where(on, size, 0.0), t), denom)
 
     def _project(self, plan: _Plan) -> None:
         """Clamp projected masks of searching members to [0, 1]."""

@@ -1094,17 +1094,12 @@ def feasible(t: FrozenTrial) -> bool:
 
 def pick(study: optuna.Study) -> FrozenTrial | None:
     """The study's pick among its feasible trials (:func:`pick_among`)."""
-    return pick_among(study, [t for t in study.get_trials(deepcopy=False) if feasible(t)])
+    return pick_among([t for t in study.get_trials(deepcopy=False) if feasible(t)])
 
 
-def pick_among(study: optuna.Study, candidates: list[FrozenTrial]) -> FrozenTrial | None:
-    """The most accurate of ``candidates`` on validation (ties: lower latency, fewer FLOPs).
-
-    Not the cross-validated best of a shortlist (:func:`hwsparse.crossval.choose`): measured
-    in benchmarks/search (README), that pick was worse on test in 13 of the 19 checkpoints
-    where it differed, better in 5 (validation sees the luck of the trial's own run, which holds
-    on test; cross-validation retrains). On a small split the pick's settings are
-    cross-validated for the accuracy shown with it instead (:func:`pick_and_test`)."""
+def pick_among(candidates: list[FrozenTrial]) -> FrozenTrial | None:
+    """The most accurate of ``candidates`` on validation (ties: lower latency, fewer FLOPs);
+    not the cross-validated best, which was measured and not kept (:mod:`hwsparse.crossval`)."""
     if not candidates:
         return None
     return min(candidates, key=CV.val_key)
@@ -1180,7 +1175,7 @@ def pick_and_test(
     also cross-validated over train + val (folds seeded by ``seed``; :mod:`hwsparse.crossval`),
     shown with the pick as its accuracy on n = all train + val samples."""
     candidates = [t for t in study.get_trials(deepcopy=False) if feasible(t)]
-    chosen = pick_among(study, candidates)
+    chosen = pick_among(candidates)
     if chosen is not None and judge is not None and CV.needed(candidates):
         save = lambda v: study.set_user_attr(CV.CV_ATTR, v)  # noqa: E731
         CV.run(study.user_attrs.get(CV.CV_ATTR), save, [chosen], data, judge, seed)

@@ -112,7 +112,7 @@ def checkpoint_picks(study: Any, storage: Any, config: Any, space: Any) -> dict[
         if not first:
             row[f"test_at_{k}"] = row[f"test_cv_at_{k}"] = None
             continue
-        best = search.pick_among(study, first)
+        best = search.pick_among(first)
         assert best is not None
         row[f"test_at_{k}"] = test_of(study, best, storage, data)
         row[f"val_at_{k}"] = best.user_attrs["val_accuracy"]
