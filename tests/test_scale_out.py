@@ -19,6 +19,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -58,12 +59,21 @@ def _worker(folder: Path, url: str, shared: Path, trials: int) -> subprocess.Pop
 
 
 def _running_trial_of(url: str, pid: int) -> int | None:
+    """The number of a trial that worker ``pid`` is running and has sent a heartbeat for (a
+    trial frozen before its first heartbeat would never go stale)."""
     storage = stores.open_storage(url)
     if "s" not in optuna.study.get_all_study_names(storage.backend):
         return None
+    backend = storage.backend
+    assert isinstance(backend, optuna.storages.RDBStorage)
     for t in stores.load_study("s", storage).get_trials(states=(TrialState.RUNNING,)):
         if str(t.user_attrs.get("worker", "")).endswith(f":{pid}"):
-            return t.number
+            with backend.engine.connect() as db:
+                beats = db.execute(
+                    sqlalchemy.text("SELECT count(*) FROM trial_heartbeats WHERE trial_id = :i"),
+                    {"i": t._trial_id},
+                ).scalar()
+            return t.number if beats else None
     return None
 
 
@@ -95,6 +105,16 @@ def test_three_workers_on_postgres_one_killed_lose_nothing(
 
     storage = stores.open_storage(pg_url)
     study = stores.load_study("s", storage)
+    if study.get_trials(states=(TrialState.RUNNING,)):
+        # the survivors reached 16 without the dead trial: both saw 15 finished or running
+        # at once and each started one more. The next run on the study recovers it, once its
+        # heartbeat is stale (three beats), and runs it again.
+        assert [t.number for t in study.get_trials(states=(TrialState.RUNNING,))] == [killed]
+        assert search.count_finished(study) >= 16
+        time.sleep(3.5)
+        again = _worker(tmp_path / "m1", pg_url, shared, search.count_finished(study) + 1)
+        _, errors = again.communicate(timeout=110)
+        assert again.returncode == 0, errors[-2000:]
     trials = study.get_trials()
     by_number = {t.number: t for t in trials}
     assert by_number[killed].state == TrialState.FAIL
