@@ -291,7 +291,9 @@ def binarize(model: nn.Module, *, threshold: float = 0.5, density: float | None 
     Without ``density``: keep entries with m > ``threshold``. With ``density``: keep the entries
     with the largest m (ties broken by weight magnitude) so that the density over all Conv/Linear
     weights is as close to ``density`` as the mask's granularity allows, never above it. Entries
-    the projection set to exactly 0 are always dropped, so the result can be sparser than asked.
+    the projection set to exactly 0 are dropped, so the result can be sparser than asked; the
+    one exception is a layer with no other entry, whose guard keeps its best weights by
+    magnitude (:func:`top_k_masks`), since an empty layer cuts the network.
     Sigmoid masks are ranked by their logits: at a low temperature sigmoid(s / T) rounds to 0
     or 1 for most entries, and the ranking lives in s.
     """
@@ -346,7 +348,9 @@ def top_k_masks(
     Layer-collapse guard: every layer first keeps its own best entries worth
     ``1 / (4 x layers)`` of the budget (at least one entry), so a global ranking can never
     empty a layer and disconnect the network (seen at 1 % density without it). With
-    ``drop_zeros`` only entries with a positive score count, for the guard too.
+    ``drop_zeros`` only entries with a positive score count, for the guard too, unless a layer
+    has none: then its guard keeps its entries of largest ``tiebreak`` (an empty layer makes
+    the output constant, and a third of MNIST-1D's channel trials were such dead networks).
     """
     check_density(density)
     counts = _weight_counts(model)
@@ -378,7 +382,7 @@ def top_k_masks(
     kept = torch.zeros(flat_score.numel(), dtype=torch.bool)
     kept[order[:n_keep]] = True
     if drop_zeros:
-        kept &= flat_score > 0
+        kept &= (flat_score > 0) | guarded
     modules = dict(model.named_modules())
     out: Masks = {}
     offset = 0
@@ -410,8 +414,10 @@ def _layer_floor(
         guard = torch.zeros(s.numel(), dtype=torch.bool)
         guard[order] = True
         # never resurrect what was dropped: zeros (with drop_zeros) and negative scores (IMP
-        # marks its already-pruned weights with -1)
-        guard &= (flat > 0) if drop_zeros else (flat >= 0)
+        # marks its already-pruned weights with -1); but a layer all of whose entries were
+        # projected to zero keeps its guard, by magnitude
+        alive = (flat > 0) if drop_zeros and bool((flat > 0).any()) else (flat >= 0)
+        guard &= alive
         parts.append(guard)
     return torch.cat(parts)
 

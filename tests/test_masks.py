@@ -153,15 +153,25 @@ def test_global_ranking_never_empties_a_layer() -> None:
     assert int(masks["4"].sum()) > int(masks["0"].sum())  # the ranking still decides the rest
 
 
-def test_binarize_never_keeps_projected_zeros() -> None:
+def test_binarize_keeps_projected_zeros_only_to_keep_a_layer() -> None:
     net = small_net()
     relaxed = M.attach_relaxed(net, M.MaskConfig())
     with torch.no_grad():
         for m in relaxed.values():
             m.score.zero_()
         relaxed["6"].score[0, :5] = 1.0
-    masks = M.binarize(net, density=0.5)
-    assert sum(int(m.sum()) for m in masks.values()) == 5
+        relaxed["4"].score[0, 0] = 1.0
+    masks = M.binarize(net, density=0.1)
+    # a layer with positive entries keeps only those, however much budget is left
+    assert int(masks["6"].sum()) == 5 and int(masks["4"].sum()) == 1
+    # a layer projected all to zero would cut the network: its guard keeps its largest weights
+    budget = int(0.1 * sum(M.raw_weight(net[i]).numel() for i in (0, 4, 6)))
+    take = max(1, budget // (4 * 3))
+    assert take < M.raw_weight(net[0]).numel()
+    kept = masks["0"].flatten().bool()
+    assert int(kept.sum()) == take
+    magnitude = M.raw_weight(net[0]).detach().abs().flatten()
+    assert magnitude[kept].min() >= magnitude[~kept].max()
 
 
 def test_density_impossible_when_unmasked_layers_too_big() -> None:
