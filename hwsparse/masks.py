@@ -347,7 +347,9 @@ def top_k_masks(
 
     Layer-collapse guard: every layer first keeps its own best entries worth
     ``1 / (4 x layers)`` of the budget (at least one entry), so a global ranking can never
-    empty a layer and disconnect the network (seen at 1 % density without it). With
+    empty a layer and disconnect the network (seen at 1 % density without it); each layer's
+    best entry comes before all other guarded ones, so a budget of :func:`min_density` keeps
+    one entry in every layer. With
     ``drop_zeros`` only entries with a positive score count, for the guard too, unless a layer
     has none: then its guard keeps its entries of largest ``tiebreak`` (an empty layer makes
     the output constant, and a third of MNIST-1D's channel trials were such dead networks).
@@ -371,12 +373,13 @@ def top_k_masks(
             for n in names
         ]
     )
-    # Lexicographic order: guarded first, then by score, ties by magnitude (stable sorts,
-    # least significant key first).
-    guarded = _layer_floor(scores, tiebreak, counts, budget, drop_zeros)
+    # Lexicographic order: each layer's best entry, the other guarded ones, then by score, ties
+    # by magnitude (stable sorts, least significant key first).
+    priority = _layer_floor(scores, tiebreak, counts, budget, drop_zeros)
+    guarded = priority > 0
     order = torch.sort(flat_tie, descending=True, stable=True).indices
     order = order[torch.sort(flat_score[order], descending=True, stable=True).indices]
-    order = order[torch.sort(guarded[order].int(), descending=True, stable=True).indices]
+    order = order[torch.sort(priority[order], descending=True, stable=True).indices]
     cum = torch.cumsum(per_entry[order], 0)
     n_keep = int(torch.searchsorted(cum, torch.tensor(budget), right=True))
     kept = torch.zeros(flat_score.numel(), dtype=torch.bool)
@@ -402,7 +405,8 @@ def _layer_floor(
     budget: int,
     drop_zeros: bool,
 ) -> torch.Tensor:
-    """Flat bool over all entries: each layer's best entries that the guard always keeps."""
+    """Flat guard priority over all entries: 2 for each layer's best entry, 1 for its other
+    guarded ones, 0 for the rest."""
     floor_weights = budget / (4 * len(scores))
     parts = []
     for n, s in scores.items():
@@ -411,22 +415,33 @@ def _layer_floor(
         take = min(s.numel(), max(1, math.floor(floor_weights / per_entry)))
         order = torch.sort(tie, descending=True, stable=True).indices
         order = order[torch.sort(flat[order], descending=True, stable=True).indices][:take]
-        guard = torch.zeros(s.numel(), dtype=torch.bool)
-        guard[order] = True
+        guard = torch.zeros(s.numel(), dtype=torch.long)
+        guard[order] = 1
+        guard[order[:1]] = 2
         # never resurrect what was dropped: zeros (with drop_zeros) and negative scores (IMP
         # marks its already-pruned weights with -1); but a layer all of whose entries were
         # projected to zero keeps its guard, by magnitude
         alive = (flat > 0) if drop_zeros and bool((flat > 0).any()) else (flat >= 0)
-        guard &= alive
-        parts.append(guard)
+        parts.append(guard * alive)
     return torch.cat(parts)
 
 
-def min_density(model: nn.Module, config: MaskConfig) -> float:
-    """The smallest density top-k can reach: the layers ``config`` leaves unmasked stay whole."""
-    masked = {n for n, _ in _chosen_layers(model, config)}
+def min_density(model: nn.Module, config: MaskConfig | None = None) -> float:
+    """The smallest density of a connected ticket: the layers ``config`` leaves unmasked stay
+    whole and every masked layer keeps one mask entry (a weight, or a channel's weights), the
+    first its layer guard keeps (:func:`top_k_masks`). Below it a channel ticket has an empty
+    layer, so a constant output. Without ``config``: of the relaxed masks attached to ``model``.
+    """
     counts = _weight_counts(model)
-    return sum(c for n, c in counts.items() if n not in masked) / sum(counts.values())
+    if config is None:
+        masked = {n: counts[n] // m.score.numel() for n, m in relaxed_masks(model).items()}
+    else:
+        masked = {
+            n: math.prod(raw_weight(m).shape[1:]) if config.granularity == "channel" else 1
+            for n, m in _chosen_layers(model, config)
+        }
+    kept = sum(masked.get(n, c) for n, c in counts.items())
+    return kept / sum(counts.values())
 
 
 def check_density(density: float) -> float:

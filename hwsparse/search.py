@@ -234,6 +234,21 @@ def configs(
     return ticket, train
 
 
+def connected_density(
+    ticket: T.TicketConfig, model: nn.Module, trial: optuna.Trial | None = None
+) -> T.TicketConfig:
+    """``ticket`` with a density below the smallest connected ticket's (:func:`masks.min_density`:
+    channel masks leave the classifier whole and keep a channel per layer) raised just above
+    it; the trial records the density it ran at (``density_raised_to``)."""
+    floor = M.min_density(model, ticket.mask)
+    if ticket.density is None or ticket.density > floor:
+        return ticket
+    ticket = replace(ticket, density=min(1.0, floor * 1.01))
+    if trial is not None:
+        trial.set_user_attr("density_raised_to", ticket.density)
+    return ticket
+
+
 # --- the objective -------------------------------------------------------------------------------
 
 
@@ -300,11 +315,7 @@ class Objective:
         )
         curve: list[float] = []
         with self.failures(trial):
-            floor = M.min_density(self.factory(), ticket_cfg.mask)
-            if ticket_cfg.density is not None and ticket_cfg.density <= floor:
-                # channel masks leave the classifier whole: ask for the least that is possible
-                ticket_cfg = replace(ticket_cfg, density=min(1.0, floor * 1.01))
-                trial.set_user_attr("density_raised_to", ticket_cfg.density)
+            ticket_cfg = connected_density(ticket_cfg, self.factory(), trial)
         hook = self._epoch_hook(trial, curve, cutter)
         return Candidate(ticket_cfg, train_cfg, hook, cutter, tag=(trial, curve))
 

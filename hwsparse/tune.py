@@ -271,12 +271,7 @@ def run(
 ) -> T.RunResult:
     """One ticket of knob ``values`` (as :func:`hwsparse.search.configs` reads them)."""
     ticket_cfg, train_cfg = S.configs(values, seed, device)
-    floor = M.min_density(factory(), ticket_cfg.mask)
-    if ticket_cfg.density is not None and ticket_cfg.density <= floor:
-        # channel masks leave the classifier whole: ask for the least that is possible
-        ticket_cfg = replace(ticket_cfg, density=min(1.0, floor * 1.01))
-        if trial is not None:
-            trial.set_user_attr("density_raised_to", ticket_cfg.density)
+    ticket_cfg = S.connected_density(ticket_cfg, factory(), trial)
     return T.run_ticket(factory, data, ticket_cfg, train_cfg, on_epoch)
 
 

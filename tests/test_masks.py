@@ -153,6 +153,28 @@ def test_global_ranking_never_empties_a_layer() -> None:
     assert int(masks["4"].sum()) > int(masks["0"].sum())  # the ranking still decides the rest
 
 
+def test_channel_ticket_at_min_density_keeps_a_channel_in_every_layer() -> None:
+    # the conv layer's guard (two channels) outranks the hidden layer's by score, and both do
+    # not fit: each layer's best channel goes first
+    net = small_net()
+    config = M.MaskConfig(granularity="channel")
+    relaxed = M.attach_relaxed(net, config)
+    with torch.no_grad():
+        for m in relaxed.values():
+            m.score.fill_(0.1)
+        relaxed["0"].score.fill_(0.9)
+        relaxed["0"].score[2] = 1.0
+    floor = M.min_density(net, config)
+    counts = {n: M.raw_weight(net[int(n)]).numel() for n in ("0", "4", "6")}
+    # unmasked output layer + one conv channel (9 weights) + one hidden unit (144 weights)
+    assert floor == pytest.approx((counts["6"] + 9 + 144) / sum(counts.values()))
+    masks = M.binarize(net, density=floor)
+    assert int(masks["0"].sum()) == 9 and int(masks["4"].sum()) == 144
+    assert int(masks["0"][2].sum()) == 9  # the conv layer's best channel
+    with pytest.raises(InputError):
+        M.binarize(net, density=counts["6"] / sum(counts.values()) * 0.99)
+
+
 def test_binarize_keeps_projected_zeros_only_to_keep_a_layer() -> None:
     net = small_net()
     relaxed = M.attach_relaxed(net, M.MaskConfig())

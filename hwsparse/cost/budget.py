@@ -108,10 +108,7 @@ class BudgetCutter:
         }
         start = M.global_density(plain, masks)
         self.cut.from_density = start
-        # the least density top-k can reach: unmasked layers stay whole, plus one weight
-        rows = M.layer_densities(plain, masks)
-        total = sum(r.total for r in rows)
-        floor = (sum(r.total for r in rows if r.name not in masks) + 1) / total
+        floor = M.min_density(model)  # never cut to a disconnected ticket
         lo, hi = max(start * self.MIN_FRACTION, floor), start  # lo: must fit (checked below)
         best: M.Masks | None = None
         candidate = M.top_k_masks(plain, scores, tie, lo, drop_zeros=True) if lo < hi else masks
