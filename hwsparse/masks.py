@@ -349,10 +349,9 @@ def top_k_masks(
     ``1 / (4 x layers)`` of the budget (at least one entry), so a global ranking can never
     empty a layer and disconnect the network (seen at 1 % density without it); each layer's
     best entry comes before all other guarded ones, so a budget of :func:`min_density` keeps
-    one entry in every layer. With
-    ``drop_zeros`` only entries with a positive score count, for the guard too, unless a layer
-    has none: then its guard keeps its entries of largest ``tiebreak`` (an empty layer makes
-    the output constant, and a third of MNIST-1D's channel trials were such dead networks).
+    one entry in every layer. With ``drop_zeros`` only entries with a positive score count,
+    for the guard too, unless a layer has none: then its guard keeps its entries of largest
+    ``tiebreak`` (an empty layer makes the output constant).
     """
     check_density(density)
     counts = _weight_counts(model)
