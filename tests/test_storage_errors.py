@@ -337,9 +337,6 @@ def test_ctrl_c_in_search_is_one_line_and_resumable(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        # Ctrl-C in a terminal: a test run started in the background (`.ci/run &`) ignores
-        # SIGINT, and a child inherits that
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while time.time() < deadline and not _running_trial(journal):
