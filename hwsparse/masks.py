@@ -420,7 +420,8 @@ def _layer_floor(
         # never resurrect what was dropped: zeros (with drop_zeros) and negative scores (IMP
         # marks its already-pruned weights with -1); but a layer all of whose entries were
         # projected to zero keeps its guard, by magnitude
-        alive = (flat > 0) if drop_zeros and bool((flat > 0).any()) else (flat >= 0)
+        positive = flat > 0
+        alive = positive if drop_zeros and bool(positive.any()) else flat >= 0
         parts.append(guard * alive)
     return torch.cat(parts)
 
@@ -433,13 +434,13 @@ def min_density(model: nn.Module, config: MaskConfig | None = None) -> float:
     """
     counts = _weight_counts(model)
     if config is None:
-        masked = {n: counts[n] // m.score.numel() for n, m in relaxed_masks(model).items()}
+        masked = {n: m.entry_size for n, m in relaxed_masks(model).items()}
     else:
         masked = {
-            n: math.prod(raw_weight(m).shape[1:]) if config.granularity == "channel" else 1
+            n: counts[n] // math.prod(_mask_shape(raw_weight(m), config.granularity))
             for n, m in _chosen_layers(model, config)
         }
-    kept = sum(masked.get(n, c) for n, c in counts.items())
+    kept = sum(masked.get(n, c) for n, c in counts.items())  # entry sizes: weights per entry
     return kept / sum(counts.values())
 
 

@@ -487,7 +487,7 @@ class Population:
             if grad is None:
                 continue
             if wd is not None:
-                grad = grad.add(t * _v(wd, t))
+                grad = torch.addcmul(grad, t, _v(wd, t))  # L2: grad + wd * w, one pass
             m1, m2 = self.m1[id(t)], self.m2[id(t)]
             m1.lerp_(grad, 1 - b1)
             m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
