@@ -2,8 +2,9 @@
 
 For each (dataset, model, target, budget) case and seed, three studies of N trials each:
 - ``tpe``: hwsparse search as shipped (TPE, median pruner, budget-aware cut, the initial design
-  of known-good first trials: ``search.initial_design``), default space;
-- ``tpe-nodesign``: the same without the initial design (the ablation);
+  of known-good first trials: ``search.initial_design``, then from 2026-12-01 the budget phase:
+  ``search.budget_phase``), default space;
+- ``tpe-nodesign``: the same without the initial design (and so without the budget phase);
 - ``tpe-group``, ``gp``: the same with TPE over conditional groups, or Optuna's GPSampler
   (``search.make_sampler``); ``tpe-hyperband``: with the HyperbandPruner instead of the median
   rule (``search.make_pruner``, the multi-fidelity ablation);
@@ -16,6 +17,7 @@ cost estimation. Results are appended to a JSONL per finished study (resumable).
 
     python benchmarks/search/run.py --out benchmarks/search/results/digits.jsonl
     python benchmarks/search/run.py --report benchmarks/search/results/digits.jsonl
+    python benchmarks/search/run.py --report FILE --paired tpe,fixed   # seed by seed
 """
 
 from __future__ import annotations
@@ -234,6 +236,39 @@ def report(path: Path, pick: str = "test") -> str:
     return "\n".join(lines)
 
 
+def paired(path: Path, a: str, b: str) -> str:
+    """Method ``a`` against ``b`` on the same seeds: per case and checkpoint, the mean of the
+    per-seed differences in test accuracy (points) with a 95 % t interval, and how many seeds
+    ``a`` won, tied and lost. A seed fixes the trials' initialisation and batch order and the
+    sampler's seed (the data split is the same for all), so one seed's two rows are a pair;
+    the interval says whether a gap is more than the spread between seeds."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    by = {(r["case"], r["method"], r["seed"]): r for r in rows}
+    head = f"| case | trials | {a} - {b} (points, 95 % t interval) | won / tied / lost | seeds |"
+    lines = [head, "|---|---|---|---|---|"]
+    for case in sorted({r["case"] for r in rows}):
+        seeds = sorted(s for c, m, s in by if c == case and m == a and (c, b, s) in by)
+        for k in CHECKPOINTS:
+            pairs = [(by[case, a, s].get(f"test_at_{k}"), by[case, b, s].get(f"test_at_{k}"))
+                     for s in seeds]  # fmt: skip
+            diffs = [100 * (x - y) for x, y in pairs if x is not None and y is not None]
+            if len(diffs) < 2:
+                continue
+            mean = statistics.fmean(diffs)
+            half = _T95[len(diffs) - 1] * statistics.stdev(diffs) / len(diffs) ** 0.5
+            won, lost = sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
+            lines.append(
+                f"| {case} | {k} | {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] "
+                f"| {won} / {len(diffs) - won - lost} / {lost} | {len(diffs)} |"
+            )
+    return "\n".join(lines)
+
+
+# two-sided 95 % quantiles of Student's t by degrees of freedom (1-19)
+_T95 = (float("nan"), 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093)  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", default=",".join(CASES))
@@ -255,7 +290,15 @@ def main() -> None:
         action="store_true",
         help="add the cross-validated picks to --out's rows from --keep's studies",
     )
+    p.add_argument(
+        "--paired",
+        metavar="A,B",
+        help="--report: method A against method B seed by seed (mean difference, 95 %% interval)",
+    )
     args = p.parse_args()
+    if args.report and args.paired:
+        print(paired(Path(args.report), *args.paired.split(",", 1)))
+        sys.exit(0)
     if args.report:
         print(report(Path(args.report), args.pick))
         sys.exit(0)
