@@ -103,8 +103,11 @@ def fixed_space(epochs: int, lr: float | None) -> search.SearchSpace:
     return parse_space(data, "fixed")
 
 
-def setup(case: str, method: str, seed: int, epochs: int) -> tuple[Any, Any]:
-    """The (SearchConfig, SearchSpace) of one benchmark study."""
+def setup(
+    case: str, method: str, seed: int, epochs: int, density_high: float | None = None
+) -> tuple[Any, Any]:
+    """The (SearchConfig, SearchSpace) of one benchmark study; ``density_high`` replaces the
+    top of the density range (0.5 in the default space and ``fixed``)."""
     dataset, model, target, budget = CASES[case]
     if isinstance(budget, LatencyBetween):
         budget = budget.resolve(dataset, model, target)
@@ -118,6 +121,10 @@ def setup(case: str, method: str, seed: int, epochs: int) -> tuple[Any, Any]:
         lean = space.as_dict()
         lean["params"] = {k: v for k, v in lean["params"].items() if k in LEAN}
         space = parse_space(lean, "lean")
+    if density_high is not None:
+        wider = space.as_dict()
+        wider["params"]["density"]["high"] = density_high
+        space = parse_space(wider, f"density up to {density_high}")
     config = search.SearchConfig(dataset=dataset, model=model, target=target, budget=budget,
                                  space=space.as_dict(), seed=seed)  # fmt: skip
     return config, space
@@ -168,8 +175,16 @@ def checkpoint_picks(study: Any, storage: Any, config: Any, space: Any) -> dict[
     return row
 
 
-def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Path) -> dict:
-    config, space = setup(case, method, seed, epochs)
+def run_one(
+    case: str,
+    method: str,
+    seed: int,
+    trials: int,
+    epochs: int,
+    tmp: Path,
+    density_high: float | None = None,
+) -> dict:
+    config, space = setup(case, method, seed, epochs, density_high)
     storage = stores.open_storage(tmp / f"{case}-{method}-{seed}.journal", create=True)
     name = "bench"
     sampler, design, pruner = METHODS[method]
@@ -181,6 +196,8 @@ def run_one(case: str, method: str, seed: int, trials: int, epochs: int, tmp: Pa
     trials_all = sorted(study.trials, key=lambda t: t.number)
     row: dict[str, Any] = {"case": case, "method": method, "seed": seed, "trials": trials,
                            "epochs": epochs, "budget": asdict(config.budget)}  # fmt: skip
+    if density_high is not None:
+        row["density_high"] = density_high
     row.update(checkpoint_picks(study, outcome.storage, config, space))
     done = [t for t in trials_all if t.state == optuna.trial.TrialState.COMPLETE]
     row["train_s_median"] = statistics.median(t.user_attrs["train_seconds"] for t in done)
@@ -200,7 +217,8 @@ def add_cv(path: Path, keep: Path) -> None:
     for r in rows:
         if "test_cv_at_10" in r:
             continue
-        config, space = setup(r["case"], r["method"], r["seed"], r["epochs"])
+        config, space = setup(r["case"], r["method"], r["seed"], r["epochs"],
+                              r.get("density_high"))  # fmt: skip
         journal = keep / f"{r['case']}-{r['method']}-{r['seed']}.journal"
         storage = stores.open_storage(journal)
         study = optuna.load_study(study_name="bench", storage=storage.backend)
@@ -276,6 +294,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--trials", type=int, default=max(CHECKPOINTS))
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--density-high", type=float, help="top of the density range (default 0.5)")
     p.add_argument("--out", default="benchmarks/search/results/results.jsonl")
     p.add_argument("--report", metavar="JSONL")
     p.add_argument("--keep", metavar="DIR", help="keep the studies (journals, tickets) here")
@@ -319,7 +338,8 @@ def main() -> None:
                 for method in args.methods.split(","):
                     if (case, method, seed) in done:
                         continue
-                    row = run_one(case, method, seed, args.trials, args.epochs, where)
+                    row = run_one(case, method, seed, args.trials, args.epochs, where,
+                                  args.density_high)  # fmt: skip
                     with out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
