@@ -886,7 +886,7 @@ def run_search(
         # the study will have (none left waiting)
         for params in first[:trials]:
             study.enqueue_trial(params, user_attrs={"warm_start": True})
-        for params in phase[: max(0, trials - len(first))]:
+        for params in phase:  # budget_phase: within the study's trials
             study.enqueue_trial(params, user_attrs={"budget_phase": True})
         study.set_user_attr(CONFIG_ATTR, config.to_dict())  # last: the study is described
 

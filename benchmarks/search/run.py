@@ -93,7 +93,7 @@ LEAN = ("density", "granularity", "mask_lr")
 def fixed_space(epochs: int, lr: float | None) -> search.SearchSpace:
     data: dict[str, Any] = {
         "params": {
-            "density": {"low": 0.01, "high": 0.5, "log": True},
+            "density": {"low": 0.01, "high": 1.0, "log": True},  # as the default space's
             "granularity": {"choices": ["weight", "channel"]},
         },
         "fixed": {"binarize": "density", "search_epochs": epochs, "epochs": epochs},
@@ -107,7 +107,7 @@ def setup(
     case: str, method: str, seed: int, epochs: int, density_high: float | None = None
 ) -> tuple[Any, Any]:
     """The (SearchConfig, SearchSpace) of one benchmark study; ``density_high`` replaces the
-    top of the density range (0.5 in the default space and ``fixed``)."""
+    top of the density range (1.0 in the default space and ``fixed``; 0.5 before 2026-12-01)."""
     dataset, model, target, budget = CASES[case]
     if isinstance(budget, LatencyBetween):
         budget = budget.resolve(dataset, model, target)
@@ -294,7 +294,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--trials", type=int, default=max(CHECKPOINTS))
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--density-high", type=float, help="top of the density range (default 0.5)")
+    p.add_argument("--density-high", type=float, help="top of the density range (default 1.0)")
     p.add_argument("--out", default="benchmarks/search/results/results.jsonl")
     p.add_argument("--report", metavar="JSONL")
     p.add_argument("--keep", metavar="DIR", help="keep the studies (journals, tickets) here")
