@@ -827,6 +827,7 @@ def run_search(
     on_trial_start: Callable[[int], None] | None = None,
     enqueue: list[dict[str, Any]] | None = None,
     design: bool = True,
+    phase: float = 0.5,
     pruner: str = "median",
     precision: str = "auto",
     deterministic: bool = False,
@@ -841,7 +842,8 @@ def run_search(
     chose). ``on_trial_start(number)`` is called as each trial begins, ``on_epoch`` after
     each of its training epochs. ``enqueue``: params of the first trials (``--warm-start``),
     queued when the study has no trial yet; without it, ``design`` queues
-    :func:`initial_design` instead. Either is followed by the :func:`budget_phase`.
+    :func:`initial_design` instead. Either is followed by the :func:`budget_phase`, up to
+    ``phase`` of the study's trials (0: none).
     ``precision`` (``hwsparse.accel.PRECISIONS``) and ``deterministic`` apply to every trial.
     ``batch_trials``:
     how many trials train together in one population (:mod:`hwsparse.population`), an int
@@ -864,14 +866,14 @@ def run_search(
     config.budget.values(report)  # raises when the profile cannot judge a set limit
     directions, metrics = directions_for(config, report.latency_ms is not None)
     first: list[dict[str, Any]] = []  # the first trials of a new study
-    phase: list[dict[str, Any]] = []  # then the budget phase's (see budget_phase)
+    queued: list[dict[str, Any]] = []  # then the budget phase's (see budget_phase)
     if study_name not in optuna.study.get_all_study_names(storage=storage.backend):
         AS.check_writable(AS.for_new_study(storage))  # before the study depends on it
         factory = lambda: build_model(config.model, data.input_shape, data.num_classes)  # noqa: E731
         first = enqueue or (
             initial_design(config, space, profile, factory, data.input_shape) if design else []
         )
-        phase = budget_phase(first, space, trials)
+        queued = budget_phase(first, space, trials, phase)
 
     def describe(study: optuna.Study) -> None:
         """Run by the worker that creates the study, before any other can use it."""
@@ -886,7 +888,7 @@ def run_search(
         # the study will have (none left waiting)
         for params in first[:trials]:
             study.enqueue_trial(params, user_attrs={"warm_start": True})
-        for params in phase:  # budget_phase: within the study's trials
+        for params in queued:  # budget_phase: within the study's trials
             study.enqueue_trial(params, user_attrs={"budget_phase": True})
         study.set_user_attr(CONFIG_ATTR, config.to_dict())  # last: the study is described
 
@@ -1050,14 +1052,11 @@ def initial_design(
     return design
 
 
-BUDGET_PHASE = 0.5  # share of a new study's trials that keep its first trial's regularizer
-
-
 def budget_phase(
-    first: list[dict[str, Any]], space: SearchSpace, trials: int
+    first: list[dict[str, Any]], space: SearchSpace, trials: int, share: float = 0.5
 ) -> list[dict[str, Any]]:
     """The trials that follow ``first`` (the initial design or ``--warm-start``'s settings) in
-    a new study of ``trials`` trials, up to :data:`BUDGET_PHASE` of them: each keeps the
+    a new study of ``trials`` trials, up to ``share`` of them: each keeps the
     regularizer knobs (:data:`hwsparse.preset.REGULARIZER_KNOBS`) of ``first[0]`` (the default
     regularizer, or the warm start's best) and leaves the rest, density and granularity, to the
     sampler. The sampler then learns where the budget's good tickets are before it tunes the
@@ -1073,7 +1072,7 @@ def budget_phase(
     regularizer = {k: v for k, v in first[0].items() if k in REGULARIZER_KNOBS}
     if not regularizer or all(p.name in REGULARIZER_KNOBS for p in space.params):
         return []
-    return [dict(regularizer) for _ in range(int(trials * BUDGET_PHASE) - len(first))]
+    return [dict(regularizer) for _ in range(int(trials * share) - len(first))]
 
 
 WARM_START_TRIALS = 3  # distinct regularizer settings a finished study seeds a new one with

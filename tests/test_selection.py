@@ -182,7 +182,7 @@ def test_budget_phase_keeps_the_first_regularizer_for_half_of_a_new_study(
     # search, gives no phase
     warm = [{"penalty": "mcp", "mask_lr": 0.02}, {"penalty": "l1"}]
     assert search.budget_phase(warm, space, 10) == [{"penalty": "mcp", "mask_lr": 0.02}] * 3
-    assert search.budget_phase([], space, 10) == []
+    assert search.budget_phase([], space, 10) == [] == search.budget_phase(warm, space, 10, 0)
     assert search.budget_phase([{"density": 0.1}], space, 10) == []
     only_regularizer = search.fix_knobs(space, density=0.1, granularity="weight")
     assert search.budget_phase(warm, only_regularizer, 10) == []
