@@ -827,7 +827,6 @@ def run_search(
     on_trial_start: Callable[[int], None] | None = None,
     enqueue: list[dict[str, Any]] | None = None,
     design: bool = True,
-    phase: float = 0.5,
     pruner: str = "median",
     precision: str = "auto",
     deterministic: bool = False,
@@ -842,8 +841,7 @@ def run_search(
     chose). ``on_trial_start(number)`` is called as each trial begins, ``on_epoch`` after
     each of its training epochs. ``enqueue``: params of the first trials (``--warm-start``),
     queued when the study has no trial yet; without it, ``design`` queues
-    :func:`initial_design` instead. Either is followed by the :func:`budget_phase`, up to
-    ``phase`` of the study's trials (0: none).
+    :func:`initial_design` instead.
     ``precision`` (``hwsparse.accel.PRECISIONS``) and ``deterministic`` apply to every trial.
     ``batch_trials``:
     how many trials train together in one population (:mod:`hwsparse.population`), an int
@@ -866,14 +864,12 @@ def run_search(
     config.budget.values(report)  # raises when the profile cannot judge a set limit
     directions, metrics = directions_for(config, report.latency_ms is not None)
     first: list[dict[str, Any]] = []  # the first trials of a new study
-    queued: list[dict[str, Any]] = []  # then the budget phase's (see budget_phase)
     if study_name not in optuna.study.get_all_study_names(storage=storage.backend):
         AS.check_writable(AS.for_new_study(storage))  # before the study depends on it
         factory = lambda: build_model(config.model, data.input_shape, data.num_classes)  # noqa: E731
         first = enqueue or (
             initial_design(config, space, profile, factory, data.input_shape) if design else []
         )
-        queued = budget_phase(first, space, trials, phase)
 
     def describe(study: optuna.Study) -> None:
         """Run by the worker that creates the study, before any other can use it."""
@@ -888,8 +884,6 @@ def run_search(
         # the study will have (none left waiting)
         for params in first[:trials]:
             study.enqueue_trial(params, user_attrs={"warm_start": True})
-        for params in queued:  # budget_phase: within the study's trials
-            study.enqueue_trial(params, user_attrs={"budget_phase": True})
         study.set_user_attr(CONFIG_ATTR, config.to_dict())  # last: the study is described
 
     def check(study: optuna.Study) -> None:
@@ -1050,29 +1044,6 @@ def initial_design(
             if point not in design:
                 design.append(point)
     return design
-
-
-def budget_phase(
-    first: list[dict[str, Any]], space: SearchSpace, trials: int, share: float = 0.5
-) -> list[dict[str, Any]]:
-    """The trials that follow ``first`` (the initial design or ``--warm-start``'s settings) in
-    a new study of ``trials`` trials, up to ``share`` of them: each keeps the
-    regularizer knobs (:data:`hwsparse.preset.REGULARIZER_KNOBS`) of ``first[0]`` (the default
-    regularizer, or the warm start's best) and leaves the rest, density and granularity, to the
-    sampler. The sampler then learns where the budget's good tickets are before it tunes the
-    regularizer, and starts tuning it from that setting.
-
-    Why: at 40 trials, density and granularity are most of what decides accuracy under a
-    budget, and a study that spent its trials on the regularizer from the start lost to the
-    default regularizer with only those two searched (benchmarks/search/README.md, "The budget
-    phase"). Empty when ``first`` is, when it sets no regularizer knob, or when the space
-    searches nothing besides the regularizer."""
-    if not first:
-        return []
-    regularizer = {k: v for k, v in first[0].items() if k in REGULARIZER_KNOBS}
-    if not regularizer or all(p.name in REGULARIZER_KNOBS for p in space.params):
-        return []
-    return [dict(regularizer) for _ in range(int(trials * share) - len(first))]
 
 
 WARM_START_TRIALS = 3  # distinct regularizer settings a finished study seeds a new one with

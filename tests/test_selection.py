@@ -153,41 +153,6 @@ def test_initial_design_queues_the_default_regularizer_where_it_fits(tmp_path: P
     assert len(short.study.trials) == 2  # the design is cut to the run: nothing left waiting
 
 
-def test_budget_phase_keeps_the_first_regularizer_for_half_of_a_new_study(
-    tmp_path: Path,
-) -> None:
-    """After the design, the trials up to half the study keep the design's regularizer and the
-    sampler chooses density and granularity; the rest search the whole space."""
-    space = search.apply_epochs(load_space("default"), 1)
-    config = search.SearchConfig(dataset="digits", model="mlp", target="raspberry-pi-4",
-                                 budget=Budget(latency_ms=0.2, weight_kb=64.0),
-                                 space=space.as_dict())  # fmt: skip
-    design = search.initial_design(config, space, load_profile("raspberry-pi-4"),
-                                   lambda: build_model("mlp", (64,), 10), (64,))  # fmt: skip
-    trials = 2 * len(design) + 4
-    storage = stores.open_storage(tmp_path / "p.journal", create=True)
-    study = search.run_search("p", storage, config, space, trials=trials, device="cpu").study
-    ran = sorted(study.trials, key=lambda t: t.number)
-    regularizer = ("penalty", "param", "mask_lr", "eps_factor")
-    phase = ran[len(design) : trials // 2]
-    assert phase and all(t.user_attrs.get("budget_phase") for t in phase)
-    for t in phase:
-        assert [t.params[k] for k in regularizer] == [design[0][k] for k in regularizer]
-    assert len({t.params["density"] for t in phase}) == len(phase)  # sampled, not queued
-    later = ran[trials // 2 :]
-    assert not any(t.user_attrs.get("budget_phase") or t.user_attrs.get("warm_start")
-                   for t in later)  # fmt: skip
-    assert len({t.params["mask_lr"] for t in later}) > 1  # the regularizer is searched now
-    # a warm start's best setting leads the phase; nothing to keep, or nothing else to
-    # search, gives no phase
-    warm = [{"penalty": "mcp", "mask_lr": 0.02}, {"penalty": "l1"}]
-    assert search.budget_phase(warm, space, 10) == [{"penalty": "mcp", "mask_lr": 0.02}] * 3
-    assert search.budget_phase([], space, 10) == [] == search.budget_phase(warm, space, 10, 0)
-    assert search.budget_phase([{"density": 0.1}], space, 10) == []
-    only_regularizer = search.fix_knobs(space, density=0.1, granularity="weight")
-    assert search.budget_phase(warm, only_regularizer, 10) == []
-
-
 def test_a_budget_no_granularity_meets_gets_no_design() -> None:
     space = load_space("default")
     config = search.SearchConfig(dataset="digits", model="mlp", target="nrf52840",

@@ -2,10 +2,9 @@
 
 For each (dataset, model, target, budget) case and seed, three studies of N trials each:
 - ``tpe``: hwsparse search as shipped (TPE, median pruner, budget-aware cut, the initial design
-  of known-good first trials: ``search.initial_design``, then from 2026-12-01 the budget phase:
-  ``search.budget_phase``), default space;
-- ``tpe-nophase``: the same without the budget phase (``tpe`` before 2026-12-01);
-- ``tpe-nodesign``: the same without the initial design (and so without the budget phase);
+  of known-good first trials: ``search.initial_design``), default space (the "budget phase"
+  of commits 43904f3-200c943 was measured and removed: README.md);
+- ``tpe-nodesign``: the same without the initial design (the ablation);
 - ``tpe-group``, ``gp``: the same with TPE over conditional groups, or Optuna's GPSampler
   (``search.make_sampler``); ``tpe-hyperband``: with the HyperbandPruner instead of the median
   rule (``search.make_pruner``, the multi-fidelity ablation);
@@ -75,18 +74,16 @@ CASES: dict[str, tuple[str, str, str, Budget | LatencyBetween]] = {
     "mnist10k-rpi4": ("mnist10k", "lenet5", "raspberry-pi-4", LatencyBetween(1 / 3)),
 }
 CHECKPOINTS = (10, 20, 40)
-# method -> (sampler, initial design, budget phase share, pruner); "fixed" also narrows the
-# space (fixed_space)
+# method -> (sampler, initial design, pruner); "fixed" also narrows the space (fixed_space)
 METHODS = {
-    "tpe": ("tpe", True, 0.5, "median"),
-    "tpe-nophase": ("tpe", True, 0.0, "median"),
-    "tpe-nodesign": ("tpe", False, 0.0, "median"),
-    "tpe-group": ("tpe-group", True, 0.5, "median"),
-    "gp": ("gp", True, 0.5, "median"),
-    "tpe-hyperband": ("tpe", True, 0.5, "hyperband"),
-    "random": ("random", False, 0.0, "median"),
-    "fixed": ("tpe", False, 0.0, "median"),
-    "tpe-lean": ("tpe", True, 0.5, "median"),
+    "tpe": ("tpe", True, "median"),
+    "tpe-nodesign": ("tpe", False, "median"),
+    "tpe-group": ("tpe-group", True, "median"),
+    "gp": ("gp", True, "median"),
+    "tpe-hyperband": ("tpe", True, "hyperband"),
+    "random": ("random", False, "median"),
+    "fixed": ("tpe", False, "median"),
+    "tpe-lean": ("tpe", True, "median"),
 }
 # "tpe-lean" searches only these knobs of the default space (the others at their defaults):
 # the ones with importance above 0.1 on mnist10k (results/connected_mnist10k.jsonl)
@@ -190,10 +187,10 @@ def run_one(
     config, space = setup(case, method, seed, epochs, density_high)
     storage = stores.open_storage(tmp / f"{case}-{method}-{seed}.journal", create=True)
     name = "bench"
-    sampler, design, phase, pruner = METHODS[method]
+    sampler, design, pruner = METHODS[method]
     outcome = search.run_search(
         name, storage, config, space, trials=trials, device="cpu", sampler=sampler,
-        design=design, phase=phase, pruner=pruner,
+        design=design, pruner=pruner,
     )  # fmt: skip
     study = outcome.study
     trials_all = sorted(study.trials, key=lambda t: t.number)
