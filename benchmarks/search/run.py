@@ -273,7 +273,8 @@ def paired(path: Path, a: str, b: str) -> str:
             if len(diffs) < 2:
                 continue
             mean = statistics.fmean(diffs)
-            half = _T95[len(diffs) - 1] * statistics.stdev(diffs) / len(diffs) ** 0.5
+            t95 = _T95[min(len(diffs) - 1, len(_T95) - 1)]  # beyond 19 df: a bit wide
+            half = t95 * statistics.stdev(diffs) / len(diffs) ** 0.5
             won, lost = sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
             lines.append(
                 f"| {case} | {k} | {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] "
