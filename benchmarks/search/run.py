@@ -33,6 +33,7 @@ from typing import Any
 
 import optuna
 import torch
+from scipy.stats import t as student_t
 
 from hwsparse import artifact_store, crossval, search
 from hwsparse import storage as stores
@@ -74,7 +75,7 @@ CASES: dict[str, tuple[str, str, str, Budget | LatencyBetween]] = {
     "mnist10k-rpi4": ("mnist10k", "lenet5", "raspberry-pi-4", LatencyBetween(1 / 3)),
 }
 CHECKPOINTS = (10, 20, 40)
-# method -> (sampler, initial design, pruner); "fixed" also narrows the space (fixed_space)
+# method -> (sampler, initial design, pruner); those in NARROWED also search fewer knobs
 METHODS = {
     "tpe": ("tpe", True, "median"),
     "tpe-nodesign": ("tpe", False, "median"),
@@ -85,46 +86,31 @@ METHODS = {
     "fixed": ("tpe", False, "median"),
     "tpe-lean": ("tpe", True, "median"),
 }
-# "tpe-lean" searches only these knobs of the default space (the others at their defaults):
-# the ones with importance above 0.1 on mnist10k (results/connected_mnist10k.jsonl)
-LEAN = ("density", "granularity", "mask_lr")
-
-
-def fixed_space(epochs: int, lr: float | None) -> search.SearchSpace:
-    data: dict[str, Any] = {
-        "params": {
-            "density": {"low": 0.01, "high": 1.0, "log": True},  # as the default space's
-            "granularity": {"choices": ["weight", "channel"]},
-        },
-        "fixed": {"binarize": "density", "search_epochs": epochs, "epochs": epochs},
-    }
-    if lr is not None:
-        data["fixed"]["lr"] = lr
-    return parse_space(data, "fixed")
+# method -> the only knobs of the default space it searches (the others keep their defaults):
+# "fixed" is the default regularizer with only the budget knobs searched; "tpe-lean" adds the
+# knobs with importance above 0.1 on mnist10k (results/connected_mnist10k.jsonl)
+NARROWED = {
+    "fixed": ("density", "granularity"),
+    "tpe-lean": ("density", "granularity", "mask_lr"),
+}
 
 
 def setup(
     case: str, method: str, seed: int, epochs: int, density_high: float | None = None
 ) -> tuple[Any, Any]:
     """The (SearchConfig, SearchSpace) of one benchmark study; ``density_high`` replaces the
-    top of the density range (1.0 in the default space and ``fixed``; 0.5 before 2026-12-01)."""
+    top of the density range (1.0 in the default space; 0.5 before 2026-12-01)."""
     dataset, model, target, budget = CASES[case]
     if isinstance(budget, LatencyBetween):
         budget = budget.resolve(dataset, model, target)
-    lr = 0.01 if dataset == "mnist1d" else None  # conv1d on MNIST-1D needs lr 1e-2
-    space = search.apply_epochs(load_space("default"), epochs)
-    if lr is not None:
-        space = parse_space({**space.as_dict(), "fixed": {**dict(space.fixed), "lr": lr}}, "d")
-    if method == "fixed":
-        space = fixed_space(epochs, lr)
-    if method == "tpe-lean":
-        lean = space.as_dict()
-        lean["params"] = {k: v for k, v in lean["params"].items() if k in LEAN}
-        space = parse_space(lean, "lean")
+    data = search.apply_epochs(load_space("default"), epochs).as_dict()
+    if dataset == "mnist1d":
+        data["fixed"]["lr"] = 0.01  # conv1d on MNIST-1D needs lr 1e-2
+    if method in NARROWED:
+        data["params"] = {k: v for k, v in data["params"].items() if k in NARROWED[method]}
     if density_high is not None:
-        wider = space.as_dict()
-        wider["params"]["density"]["high"] = density_high
-        space = parse_space(wider, f"density up to {density_high}")
+        data["params"]["density"]["high"] = density_high
+    space = parse_space(data, method)
     config = search.SearchConfig(dataset=dataset, model=model, target=target, budget=budget,
                                  space=space.as_dict(), seed=seed)  # fmt: skip
     return config, space
@@ -273,19 +259,14 @@ def paired(path: Path, a: str, b: str) -> str:
             if len(diffs) < 2:
                 continue
             mean = statistics.fmean(diffs)
-            t95 = _T95[min(len(diffs) - 1, len(_T95) - 1)]  # beyond 19 df: a bit wide
-            half = t95 * statistics.stdev(diffs) / len(diffs) ** 0.5
+            half = student_t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs)
+            half /= len(diffs) ** 0.5
             won, lost = sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
             lines.append(
                 f"| {case} | {k} | {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] "
                 f"| {won} / {len(diffs) - won - lost} / {lost} | {len(diffs)} |"
             )
     return "\n".join(lines)
-
-
-# two-sided 95 % quantiles of Student's t by degrees of freedom (1-19)
-_T95 = (float("nan"), 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093)  # fmt: skip
 
 
 def main() -> None:
