@@ -1,8 +1,10 @@
 """Is there anything for a study to find? The regularizer's effect against seed noise.
 
-For one case of ``run.py`` (dataset, model, target, budget), the density and granularity are
-fixed at the initial design's first point (``search.initial_design``: the largest density at
-which a magnitude mask fits the budget, the first granularity that fits), and ``--settings K``
+For one case of ``run.py`` (dataset, model, target, budget), the granularity is fixed
+(``--granularity``, channel by default: the tickets that run faster, and the best trials of
+every case) and the density at the initial design's first point for it
+(``search.initial_design``: the largest density at which a magnitude mask fits the budget;
+above it the budget cut would cut anyway), and ``--settings K``
 regularizer settings are drawn at random from the default space (penalty, masks, temperature,
 mask lr, eps), plus the default regularizer (setting 0). Each setting is trained ``--repeats R``
 times through the search pipeline (budget cut, no pruning; a trial's seed is the study seed +
@@ -45,7 +47,9 @@ from hwsparse.models import build_model
 BUDGET_KNOBS = ("density", "granularity")
 
 
-def settings_of(case: str, seed: int, epochs: int, k: int) -> tuple[Any, Any, list[dict]]:
+def settings_of(
+    case: str, seed: int, epochs: int, k: int, granularity: str
+) -> tuple[Any, Any, list[dict]]:
     """(config, space with the budget knobs fixed, [default regularizer, k random ones])."""
     config, space = setup(case, "tpe", seed, epochs)
     data = load_dataset(config.dataset)
@@ -53,7 +57,7 @@ def settings_of(case: str, seed: int, epochs: int, k: int) -> tuple[Any, Any, li
     design = search.initial_design(
         config, space, load_profile(config.target), factory, data.input_shape
     )
-    first = design[0]
+    first = next(p for p in design if p["granularity"] == granularity)
     fixed = search.fix_knobs(space, **{k_: first[k_] for k_ in BUDGET_KNOBS})
     default = {k_: v for k_, v in first.items() if k_ not in BUDGET_KNOBS}
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -67,10 +71,13 @@ def settings_of(case: str, seed: int, epochs: int, k: int) -> tuple[Any, Any, li
     return replace(config, space=fixed.as_dict()), fixed, settings
 
 
-def run_case(case: str, seed: int, epochs: int, k: int, repeats: int, keep: Path) -> list[dict]:
-    config, space, settings = settings_of(case, seed, epochs, k)
+def run_case(
+    case: str, seed: int, epochs: int, k: int, repeats: int, granularity: str, keep: Path
+) -> list[dict]:
+    config, space, settings = settings_of(case, seed, epochs, k, granularity)
     queue = [s for _ in range(repeats) for s in settings]
-    storage = stores.open_storage(keep / f"{case}-{epochs}ep-{seed}.journal", create=True)
+    journal = keep / f"{case}-{granularity}-{epochs}ep-{seed}.journal"
+    storage = stores.open_storage(journal, create=True)
     outcome = search.run_search(
         "landscape", storage, config, space, trials=len(queue), device="cpu",
         enqueue=queue, design=False, sampler="random", pruner="none", in_total=True,
@@ -109,12 +116,17 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float]:
     return statistics.fmean(a) - statistics.fmean(b), student_t.ppf(0.975, dof) * (va + vb) ** 0.5
 
 
+def key(row: dict[str, Any]) -> tuple[str, str, int, int]:
+    """One landscape: its case, granularity, epochs and study seed."""
+    return row["case"], row["granularity"], row["epochs"], row["seed"]
+
+
 def report(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     out = []
-    for case, epochs, seed in sorted({(r["case"], r["epochs"], r["seed"]) for r in rows}):
-        rs = [r for r in rows if (r["case"], r["epochs"], r["seed"]) == (case, epochs, seed)
-              and r["feasible"]]  # fmt: skip
+    for one in sorted({key(r) for r in rows}):
+        case, _, epochs, seed = one
+        rs = [r for r in rows if key(r) == one and r["feasible"]]
         by: dict[int, list[dict]] = {}
         for r in rs:
             by.setdefault(r["setting"], []).append(r)
@@ -160,6 +172,7 @@ def main() -> None:
     p.add_argument("--settings", type=int, default=7, help="random settings besides the default")
     p.add_argument("--repeats", type=int, default=8)
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--granularity", choices=("channel", "weight"), default="channel")
     p.add_argument("--out", default="benchmarks/search/results/landscape.jsonl")
     p.add_argument("--keep", default="landscape-studies", help="the studies (resumable)")
     p.add_argument("--report", metavar="JSONL")
@@ -172,10 +185,10 @@ def main() -> None:
     for case in args.cases.split(","):
         if case not in CASES:
             sys.exit(f"unknown case {case!r}; valid: {', '.join(CASES)}")
-        rows = run_case(case, args.seed, args.epochs, args.settings, args.repeats, keep)
+        rows = run_case(case, args.seed, args.epochs, args.settings, args.repeats,
+                        args.granularity, keep)  # fmt: skip
         done = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
-        done = [r for r in done if (r["case"], r["epochs"], r["seed"])
-                != (case, args.epochs, args.seed)]  # fmt: skip
+        done = [r for r in done if rows and key(r) != key(rows[0])]
         out.write_text("".join(json.dumps(r) + "\n" for r in done + rows))
         print(report(out))
 
