@@ -124,12 +124,15 @@ def test_of(study: Any, trial: Any, storage: Any, data: Any) -> float:
         return float((ticket.model(data.x_test).argmax(1) == data.y_test).float().mean())
 
 
-def checkpoint_picks(study: Any, storage: Any, config: Any, space: Any) -> dict[str, Any]:
+def checkpoint_picks(
+    study: Any, storage: Any, config: Any, space: Any, cv: bool = True
+) -> dict[str, Any]:
     """At each checkpoint k, among the first k trials: the pick by validation (the shipped
     rule, ``test_at_k``) and, on a small val split, the cross-validated best of the shortlist
     (``crossval.shortlist`` / ``choose``: the rule measured and not kept, ``test_cv_at_k``),
     each on test once; ``cv_at_k``: the pooled cross-validated accuracy of that pick,
-    ``cv_of_val_pick_at_k``: of the shipped pick (what the card shows)."""
+    ``cv_of_val_pick_at_k``: of the shipped pick (what the card shows). ``cv=False`` skips
+    the cross-validation (``--no-cv``: half a MNIST-1D study's time)."""
     data = load_dataset(config.dataset)
     dtype = load_profile(config.target).engine().dtype
     judge = search.fold_judge(study, storage, config, space, dtype, "cpu")
@@ -144,7 +147,7 @@ def checkpoint_picks(study: Any, storage: Any, config: Any, space: Any) -> dict[
         assert best is not None
         row[f"test_at_{k}"] = test_of(study, best, storage, data)
         row[f"val_at_{k}"] = best.user_attrs["val_accuracy"]
-        if not crossval.needed(first):
+        if not cv or not crossval.needed(first):
             continue
         save = lambda v: study.set_user_attr(crossval.CV_ATTR, v)  # noqa: E731
         short = crossval.shortlist(first)
@@ -169,6 +172,7 @@ def run_one(
     epochs: int,
     tmp: Path,
     density_high: float | None = None,
+    cv: bool = True,
 ) -> dict:
     config, space = setup(case, method, seed, epochs, density_high)
     storage = stores.open_storage(tmp / f"{case}-{method}-{seed}.journal", create=True)
@@ -184,7 +188,7 @@ def run_one(
                            "epochs": epochs, "budget": asdict(config.budget)}  # fmt: skip
     if density_high is not None:
         row["density_high"] = density_high
-    row.update(checkpoint_picks(study, outcome.storage, config, space))
+    row.update(checkpoint_picks(study, outcome.storage, config, space, cv))
     done = [t for t in trials_all if t.state == optuna.trial.TrialState.COMPLETE]
     row["train_s_median"] = statistics.median(t.user_attrs["train_seconds"] for t in done)
     row["cost_s_median"] = statistics.median(t.user_attrs["cost_seconds"] for t in done)
@@ -274,6 +278,7 @@ def main() -> None:
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--methods", default="tpe,tpe-nodesign,random,fixed")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run: first .. first+seeds-1")
     p.add_argument("--trials", type=int, default=max(CHECKPOINTS))
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--density-high", type=float, help="top of the density range (default 1.0)")
@@ -291,6 +296,7 @@ def main() -> None:
         action="store_true",
         help="add the cross-validated picks to --out's rows from --keep's studies",
     )
+    p.add_argument("--no-cv", action="store_true", help="skip the cross-validated picks")
     p.add_argument(
         "--paired",
         metavar="A,B",
@@ -307,7 +313,6 @@ def main() -> None:
     if args.add_cv:
         add_cv(Path(args.out), Path(args.keep))
         sys.exit(0)
-    torch.set_num_threads(1)
     out = Path(args.out)
     done = set()
     if out.exists():
@@ -316,12 +321,12 @@ def main() -> None:
         where = Path(args.keep or tmp)
         where.mkdir(parents=True, exist_ok=True)
         for case in args.cases.split(","):
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for method in args.methods.split(","):
                     if (case, method, seed) in done:
                         continue
                     row = run_one(case, method, seed, args.trials, args.epochs, where,
-                                  args.density_high)  # fmt: skip
+                                  args.density_high, not args.no_cv)  # fmt: skip
                     with out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
