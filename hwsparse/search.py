@@ -832,6 +832,7 @@ def run_search(
     deterministic: bool = False,
     batch_trials: int | str = "auto",
     pick_best: bool = True,
+    redraws: bool = True,
 ) -> SearchOutcome:
     """Create or resume a study and run ``trials`` more trials (or until ``timeout`` s).
 
@@ -849,6 +850,10 @@ def run_search(
     Several workers may run it on one study at once (``in_total`` is then the study's total:
     a worker starts no trial once the finished and running ones reach it). ``pick_best=False``
     leaves the final pick to the caller (the parent of ``--workers``).
+    ``redraws``: with the budget objective, the last ``REDRAW_SHARE`` of the trials (of the
+    run, or of the study's total with ``in_total``) train the best settings so far again with
+    new seeds (:func:`redraw`), each queued as the trial before it ends; one queued when the
+    run stops (a timeout, Ctrl-C) runs first when the study resumes.
     """
     if trials < 1:
         raise InputError(f"--trials must be >= 1 (got {trials})")
@@ -917,19 +922,41 @@ def run_search(
             enough[0] = True
             s.stop()
 
+    n_redraws = (
+        math.floor(REDRAW_SHARE * trials) if redraws and config.objective == "budget" else 0
+    )
+
+    def queue_redraw(s: optuna.Study, t: FrozenTrial) -> None:
+        """Before each of the last ``n_redraws`` trials: queue a redraw (one at a time, after
+        any queued trial: the design's, a re-run's)."""
+        left = trials - count_finished(s) if in_total else to_run - ran
+        if enough[0] or not 0 < left <= n_redraws:
+            return
+        if s.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return
+        params = redraw(s)
+        if params is not None:
+            s.enqueue_trial(params, user_attrs={"redraw": True})
+
     slots = batch_slots(batch_trials, config, data, device, precision)
     try:
         if to_run > 0 and slots > 1:
             objective.batched = True
             run_batched(
-                study, objective, to_run, timeout, [count, *callbacks], slots, lambda: enough[0]
+                study,
+                objective,
+                to_run,
+                timeout,
+                [count, queue_redraw, *callbacks],
+                slots,
+                lambda: enough[0],
             )
         elif to_run > 0:
             study.optimize(
                 objective,
                 n_trials=to_run,
                 timeout=timeout,
-                callbacks=[count, *callbacks],
+                callbacks=[count, queue_redraw, *callbacks],
                 catch=(),
                 gc_after_trial=False,
             )
@@ -989,6 +1016,34 @@ def importance(study: optuna.Study) -> dict[str, float]:
 
 
 DESIGN_FRACTIONS = (1.0, 0.5, 0.25)  # first trials: these fractions of the largest density
+
+
+REDRAW_SHARE = 0.25  # the last quarter of a budget study's trials: its best settings, new seeds
+REDRAW_TOP = 3  # how many of the best distinct settings share those trials
+
+
+def redraw(study: optuna.Study) -> dict[str, Any] | None:
+    """The params of the study's next redraw: of its ``REDRAW_TOP`` best distinct settings
+    (feasible trials ranked as :func:`pick_among` ranks them), the one trained the fewest
+    times so far (ties: the better one); None while no trial is feasible.
+
+    A trial's seed is the study's seed + its number, so a redraw trains the same settings from
+    another initialisation and batch order. Within one setting, tickets differ by several
+    points from seed to seed, and validation tracks test (correlation 0.65-0.96 within a
+    setting; benchmarks/search/README.md, "Redraws"): drawing the best settings again is a
+    search for the luckier ticket, which the pick by validation then finds.
+    """
+    trials = study.get_trials(deepcopy=False)
+    top: list[dict[str, Any]] = []
+    for t in sorted((t for t in trials if feasible(t)), key=CV.val_key):
+        if t.params not in top:
+            top.append(t.params)
+        if len(top) == REDRAW_TOP:
+            break
+    if not top:
+        return None
+    draws = [sum(t.params == params for t in trials) for params in top]
+    return top[draws.index(min(draws))]
 
 
 def initial_design(

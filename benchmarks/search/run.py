@@ -2,15 +2,18 @@
 
 For each (dataset, model, target, budget) case and seed, three studies of N trials each:
 - ``tpe``: hwsparse search as shipped (TPE, median pruner, budget-aware cut, the initial design
-  of known-good first trials: ``search.initial_design``), default space (the "budget phase"
-  of commits 43904f3-200c943 was measured and removed: README.md);
-- ``tpe-nodesign``: the same without the initial design (the ablation);
+  of known-good first trials: ``search.initial_design``, the last quarter of the trials
+  redrawing the best settings with new seeds: ``search.redraw``), default space (the "budget
+  phase" of commits 43904f3-200c943 was measured and removed: README.md);
+- ``tpe-noredraw``, ``tpe-nodesign``: the same without the redraws, without the initial design
+  (the ablations; rows record ``redraws``, and rows without it predate them);
 - ``tpe-group``, ``gp``: the same with TPE over conditional groups, or Optuna's GPSampler
   (``search.make_sampler``); ``tpe-hyperband``: with the HyperbandPruner instead of the median
   rule (``search.make_pruner``, the multi-fidelity ablation);
-- ``random``: the same pipeline and space with Optuna's RandomSampler, no initial design;
+- ``random``: the same pipeline and space with Optuna's RandomSampler, no initial design, no
+  redraws;
 - ``fixed``: the default regularizer (log penalty, default eps, mask lr, projected masks), only
-  the budget knobs (density, granularity) searched, TPE.
+  the budget knobs (density, granularity) searched, TPE, no redraws (the baseline as before).
 At each checkpoint (10, 20, 40 trials) the pick among the first k trials (most accurate feasible
 on validation) is evaluated once on test. Also records time per trial split into training and
 cost estimation. Results are appended to a JSONL per finished study (resumable).
@@ -75,16 +78,17 @@ CASES: dict[str, tuple[str, str, str, Budget | LatencyBetween]] = {
     "mnist10k-rpi4": ("mnist10k", "lenet5", "raspberry-pi-4", LatencyBetween(1 / 3)),
 }
 CHECKPOINTS = (10, 20, 40)
-# method -> (sampler, initial design, pruner); those in NARROWED also search fewer knobs
+# method -> (sampler, initial design, pruner, redraws); those in NARROWED also search fewer knobs
 METHODS = {
-    "tpe": ("tpe", True, "median"),
-    "tpe-nodesign": ("tpe", False, "median"),
-    "tpe-group": ("tpe-group", True, "median"),
-    "gp": ("gp", True, "median"),
-    "tpe-hyperband": ("tpe", True, "hyperband"),
-    "random": ("random", False, "median"),
-    "fixed": ("tpe", False, "median"),
-    "tpe-lean": ("tpe", True, "median"),
+    "tpe": ("tpe", True, "median", True),
+    "tpe-noredraw": ("tpe", True, "median", False),
+    "tpe-nodesign": ("tpe", False, "median", True),
+    "tpe-group": ("tpe-group", True, "median", True),
+    "gp": ("gp", True, "median", True),
+    "tpe-hyperband": ("tpe", True, "hyperband", True),
+    "random": ("random", False, "median", False),
+    "fixed": ("tpe", False, "median", False),
+    "tpe-lean": ("tpe", True, "median", True),
 }
 # method -> the only knobs of the default space it searches (the others keep their defaults):
 # "fixed" is the default regularizer with only the budget knobs searched; "tpe-lean" adds the
@@ -177,15 +181,16 @@ def run_one(
     config, space = setup(case, method, seed, epochs, density_high)
     storage = stores.open_storage(tmp / f"{case}-{method}-{seed}.journal", create=True)
     name = "bench"
-    sampler, design, pruner = METHODS[method]
+    sampler, design, pruner, redraws = METHODS[method]
     outcome = search.run_search(
         name, storage, config, space, trials=trials, device="cpu", sampler=sampler,
-        design=design, pruner=pruner,
+        design=design, pruner=pruner, redraws=redraws,
     )  # fmt: skip
     study = outcome.study
     trials_all = sorted(study.trials, key=lambda t: t.number)
     row: dict[str, Any] = {"case": case, "method": method, "seed": seed, "trials": trials,
-                           "epochs": epochs, "budget": asdict(config.budget)}  # fmt: skip
+                           "epochs": epochs, "budget": asdict(config.budget),
+                           "redraws": redraws}  # fmt: skip
     if density_high is not None:
         row["density_high"] = density_high
     row.update(checkpoint_picks(study, outcome.storage, config, space, cv))
