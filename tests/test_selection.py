@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -160,3 +161,49 @@ def test_a_budget_no_granularity_meets_gets_no_design() -> None:
     design = search.initial_design(config, space, load_profile("nrf52840"),
                                    lambda: build_model("mlp", (64,), 10), (64,))  # fmt: skip
     assert design == []
+
+
+def _judged(x: float, val: float, fits: bool = True) -> optuna.trial.FrozenTrial:
+    return create_trial(params={"x": x}, distributions={"x": FloatDistribution(0, 1)}, value=val,
+                        user_attrs={"val_accuracy": val, "fits_budget": fits, "latency_ms": 1.0,
+                                    "flops": 1})  # fmt: skip
+
+
+def test_redraw_takes_the_best_settings_in_turn() -> None:
+    """Of the three best distinct feasible settings, the one trained fewest times comes next
+    (ties: the more accurate); a setting that never fit is never redrawn."""
+    study = optuna.create_study(direction="maximize")
+    assert search.redraw(study) is None
+    study.add_trial(_judged(0.1, 0.99, fits=False))
+    assert search.redraw(study) is None
+    for x, val in [(0.2, 0.9), (0.3, 0.8), (0.2, 0.7), (0.4, 0.85), (0.5, 0.6)]:
+        study.add_trial(_judged(x, val))
+    assert search.redraw(study) == {"x": 0.4}  # 0.2 was drawn twice already
+    study.add_trial(_judged(0.4, 0.1))
+    assert search.redraw(study) == {"x": 0.3}
+    study.add_trial(_judged(0.3, 0.1))
+    assert search.redraw(study) == {"x": 0.2}  # all three twice: the best
+
+
+def test_the_last_quarter_of_a_budget_study_redraws_its_best_settings(tmp_path: Path) -> None:
+    space = search.apply_epochs(load_space("default"), 1)
+    budget = Budget(latency_ms=10.0)  # everything fits
+    config = search.SearchConfig(dataset="digits", model="mlp", target="raspberry-pi-4",
+                                 budget=budget, space=space.as_dict())  # fmt: skip
+    storage = stores.open_storage(tmp_path / "r.journal", create=True)
+    study = search.run_search("r", storage, config, space, trials=8, device="cpu",
+                              design=False).study  # fmt: skip
+    trials = sorted(study.trials, key=lambda t: t.number)
+    redrawn = [t for t in trials if t.user_attrs.get("redraw")]
+    assert [t.number for t in redrawn] == [6, 7]  # floor(8 / 4), at the end
+    first = search.pick_among([t for t in trials[:6] if search.feasible(t)])
+    assert first is not None and redrawn[0].params == first.params
+    for t in redrawn:  # same settings as a feasible earlier trial, its own seed
+        assert any(search.feasible(u) and u.params == t.params for u in trials[: t.number])
+    off = search.run_search("off", storage, config, space, trials=8, device="cpu",
+                            design=False, redraws=False).study  # fmt: skip
+    assert not any(t.user_attrs.get("redraw") for t in off.trials)
+    pareto = replace(config, objective="pareto")
+    front = search.run_search("p", storage, pareto, space, trials=4, device="cpu",
+                              design=False).study  # fmt: skip
+    assert not any(t.user_attrs.get("redraw") for t in front.trials)  # one pick per front
