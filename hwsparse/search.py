@@ -928,8 +928,10 @@ def run_search(
 
     def queue_redraw(s: optuna.Study, t: FrozenTrial) -> None:
         """Before each of the last ``n_redraws`` trials: queue a redraw (one at a time, after
-        any queued trial: the design's, a re-run's)."""
+        any queued trial: the design's, a re-run's). ``left``: trials still to start (a
+        population, or other workers, may be running some)."""
         left = trials - count_finished(s) if in_total else to_run - ran
+        left -= len(s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if enough[0] or not 0 < left <= n_redraws:
             return
         if s.get_trials(deepcopy=False, states=(TrialState.WAITING,)):

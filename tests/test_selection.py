@@ -200,6 +200,10 @@ def test_the_last_quarter_of_a_budget_study_redraws_its_best_settings(tmp_path: 
     assert first is not None and redrawn[0].params == first.params
     for t in redrawn:  # same settings as a feasible earlier trial, its own seed
         assert any(search.feasible(u) and u.params == t.params for u in trials[: t.number])
+    batched = search.run_search("b", storage, config, space, trials=8, device="cpu",
+                                design=False, batch_trials=2).study  # fmt: skip
+    assert any(t.user_attrs.get("redraw") for t in batched.trials)  # queued as members leave
+    assert {t.state for t in batched.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     off = search.run_search("off", storage, config, space, trials=8, device="cpu",
                             design=False, redraws=False).study  # fmt: skip
     assert not any(t.user_attrs.get("redraw") for t in off.trials)
