@@ -50,6 +50,7 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "device": a.get("device"),
         "status": a.get("status"),
         "retry_of": a.get("retry_of"),
+        "redraw_of": a.get("redraw_of"),  # the trial whose settings it trained again
     }
 
 
@@ -242,7 +243,9 @@ def pick_table(info: dict[str, Any]) -> Table:
     if row is None:
         t.add_row("trials completed", "0")
         return t
-    t.add_row("trial", str(row["trial"]))
+    redrawn = row.get("redraw_of")
+    again = f" (redraw of {redrawn}: its settings, a new seed)" if redrawn is not None else ""
+    t.add_row("trial", f"{row['trial']}{again}")
     params = row["params"]
     for k, v in params.items():
         label = "target density (sampled)" if k == "density" else k

@@ -936,9 +936,9 @@ def run_search(
             return
         if s.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return
-        params = redraw(s)
-        if params is not None:
-            s.enqueue_trial(params, user_attrs={"redraw": True})
+        best = redraw(s)
+        if best is not None:
+            s.enqueue_trial(best.params, user_attrs={"redraw_of": best.number})
 
     slots = batch_slots(batch_trials, config, data, device, precision)
     try:
@@ -1024,10 +1024,11 @@ REDRAW_SHARE = 0.25  # the last quarter of a budget study's trials: its best set
 REDRAW_TOP = 3  # how many of the best distinct settings share those trials
 
 
-def redraw(study: optuna.Study) -> dict[str, Any] | None:
-    """The params of the study's next redraw: of its ``REDRAW_TOP`` best distinct settings
-    (feasible trials ranked as :func:`pick_among` ranks them), the one trained the fewest
-    times so far (ties: the better one); None while no trial is feasible.
+def redraw(study: optuna.Study) -> FrozenTrial | None:
+    """The trial whose settings (params) the study draws again next: of its ``REDRAW_TOP``
+    best distinct settings (feasible trials ranked as :func:`pick_among` ranks them; each
+    setting by its best trial), the one trained the fewest times so far (ties: the better
+    one); None while no trial is feasible.
 
     A trial's seed is the study's seed + its number, so a redraw trains the same settings from
     another initialisation and batch order. Within one setting, tickets differ by several
@@ -1036,15 +1037,15 @@ def redraw(study: optuna.Study) -> dict[str, Any] | None:
     search for the luckier ticket, which the pick by validation then finds.
     """
     trials = study.get_trials(deepcopy=False)
-    top: list[dict[str, Any]] = []
+    top: list[FrozenTrial] = []
     for t in sorted((t for t in trials if feasible(t)), key=CV.val_key):
-        if t.params not in top:
-            top.append(t.params)
+        if all(t.params != best.params for best in top):
+            top.append(t)
         if len(top) == REDRAW_TOP:
             break
     if not top:
         return None
-    draws = [sum(t.params == params for t in trials) for params in top]
+    draws = [sum(t.params == best.params for t in trials) for best in top]
     return top[draws.index(min(draws))]
 
 

@@ -178,11 +178,17 @@ def test_redraw_takes_the_best_settings_in_turn() -> None:
     assert search.redraw(study) is None
     for x, val in [(0.2, 0.9), (0.3, 0.8), (0.2, 0.7), (0.4, 0.85), (0.5, 0.6)]:
         study.add_trial(_judged(x, val))
-    assert search.redraw(study) == {"x": 0.4}  # 0.2 was drawn twice already
+
+    def nxt() -> tuple[dict[str, float], int]:
+        best = search.redraw(study)
+        assert best is not None
+        return best.params, best.number  # the setting, and its best trial
+
+    assert nxt() == ({"x": 0.4}, 4)  # 0.2 was drawn twice already
     study.add_trial(_judged(0.4, 0.1))
-    assert search.redraw(study) == {"x": 0.3}
+    assert nxt() == ({"x": 0.3}, 2)
     study.add_trial(_judged(0.3, 0.1))
-    assert search.redraw(study) == {"x": 0.2}  # all three twice: the best
+    assert nxt() == ({"x": 0.2}, 1)  # all three twice: the best
 
 
 def test_the_last_quarter_of_a_budget_study_redraws_its_best_settings(tmp_path: Path) -> None:
@@ -194,20 +200,40 @@ def test_the_last_quarter_of_a_budget_study_redraws_its_best_settings(tmp_path: 
     study = search.run_search("r", storage, config, space, trials=8, device="cpu",
                               design=False).study  # fmt: skip
     trials = sorted(study.trials, key=lambda t: t.number)
-    redrawn = [t for t in trials if t.user_attrs.get("redraw")]
+    redrawn = [t for t in trials if "redraw_of" in t.user_attrs]
     assert [t.number for t in redrawn] == [6, 7]  # floor(8 / 4), at the end
     first = search.pick_among([t for t in trials[:6] if search.feasible(t)])
-    assert first is not None and redrawn[0].params == first.params
-    for t in redrawn:  # same settings as a feasible earlier trial, its own seed
-        assert any(search.feasible(u) and u.params == t.params for u in trials[: t.number])
+    assert first is not None and redrawn[0].user_attrs["redraw_of"] == first.number
+    for t in redrawn:  # the settings of a feasible earlier trial, with its own seed
+        source = trials[t.user_attrs["redraw_of"]]
+        assert source.number < t.number and search.feasible(source)
+        assert source.params == t.params
     batched = search.run_search("b", storage, config, space, trials=8, device="cpu",
                                 design=False, batch_trials=2).study  # fmt: skip
-    assert any(t.user_attrs.get("redraw") for t in batched.trials)  # queued as members leave
+    assert any("redraw_of" in t.user_attrs for t in batched.trials)  # queued as members leave
     assert {t.state for t in batched.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     off = search.run_search("off", storage, config, space, trials=8, device="cpu",
                             design=False, redraws=False).study  # fmt: skip
-    assert not any(t.user_attrs.get("redraw") for t in off.trials)
+    assert not any("redraw_of" in t.user_attrs for t in off.trials)
     pareto = replace(config, objective="pareto")
     front = search.run_search("p", storage, pareto, space, trials=4, device="cpu",
                               design=False).study  # fmt: skip
-    assert not any(t.user_attrs.get("redraw") for t in front.trials)  # one pick per front
+    assert not any("redraw_of" in t.user_attrs for t in front.trials)  # one pick per front
+
+
+def test_the_cli_says_which_trials_are_redraws(tmp_path: Path) -> None:
+    journal = tmp_path / "r.journal"
+    r = runner.invoke(app, ["search", "--study", "r", "--storage", str(journal), *TINY,
+                            "--trials", "8"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    trials = sorted(stores.load_study("r", stores.open_storage(journal)).trials,
+                    key=lambda t: t.number)  # fmt: skip
+    again = [t for t in trials if "redraw_of" in t.user_attrs]
+    assert again and all(t.number >= 6 for t in again)  # the last quarter, after the design
+    for t in again:
+        assert f"trial {t.number}: " in r.output
+        assert f"(redraw of {t.user_attrs['redraw_of']})" in r.output
+    shown = runner.invoke(app, ["show", "r", "--storage", str(journal), "--json"])
+    assert shown.exit_code == 0, shown.stderr
+    pick = json.loads(shown.stdout)["picked"]
+    assert pick["redraw_of"] == trials[pick["trial"]].user_attrs.get("redraw_of")

@@ -509,7 +509,9 @@ def _trial_line(t: FrozenTrial) -> str:
         return "over budget at any density, not trained"
     if acc is None:
         return t.state.name.lower()
-    return f"val {100 * acc:.1f} % " + ("fits" if a.get("fits_budget") else "over budget")
+    again = f" (redraw of {a['redraw_of']})" if a.get("redraw_of") is not None else ""
+    fits = "fits" if a.get("fits_budget") else "over budget"
+    return f"val {100 * acc:.1f} % {fits}{again}"
 
 
 def _json_pick(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -517,7 +519,7 @@ def _json_pick(row: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     keys = ("trial", "params", "val_accuracy", "test_accuracy", "density", "flops",
             "latency_ms", "latency_ms_low", "latency_ms_high", "weight_bytes",
-            "peak_activation_bytes", "fits_budget")  # fmt: skip
+            "peak_activation_bytes", "fits_budget", "redraw_of")  # fmt: skip
     cv = ("cv_accuracy", "cv_samples", "cv_folds", "cv_accuracy_interval")  # when judged
     return {k: row.get(k) for k in keys} | {k: row[k] for k in cv if k in row}
 
