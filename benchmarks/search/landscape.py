@@ -16,7 +16,9 @@ eta^2 = between-setting / total sum of squares) and what picking the best settin
 chosen by mean val over the first half of the repeats, its test accuracy against the default's
 over the second half (Welch 95 % interval), so the choice and its measure use different
 trainings. A study can beat the fixed default regularizer only where that gain is positive and
-larger than what it costs to find it.
+larger than what it costs to find it. Last, the lottery within a setting: how far above its
+setting's mean the repeat with the best val tests, and how well val and test agree between
+repeats of one setting (what ``search.redraw`` relies on).
 
     python benchmarks/search/landscape.py --cases mnist1d-nrf52840 --epochs 5 \
         --out benchmarks/search/results/landscape.jsonl --keep /tmp/landscape
@@ -156,12 +158,22 @@ def report(path: Path) -> str:
         best = max((s for s in early if early[s]), key=lambda s: statistics.fmean(early[s]))
         late = {s: [100 * r["test"] for r in g if r["repeat"] >= half] for s, g in by.items()}
         gain, hw = welch(late[best], late[0]) if len(late[best]) > 1 else (float("nan"), 0.0)
+        # the lottery within a setting: does val find the luckier seed? (search.redraw)
+        lucky = [100 * max(g, key=lambda r: r["val"])["test"]
+                 - statistics.fmean(100 * r["test"] for r in g) for g in by.values()]  # fmt: skip
+        corr = [statistics.correlation([r["val"] for r in g], [r["test"] for r in g])
+                for g in by.values() if len({r["val"] for r in g}) > 1
+                and len({r["test"] for r in g}) > 1]  # fmt: skip
         out += ["", f"- setting explains eta^2 = {between / total:.2f} of the test variance "
                 f"(ANOVA F = {f:.2f}, p = {p:.3g}); within-setting sd {within_sd:.2f} points, "
                 f"sd of the setting means {means_sd:.2f}",
                 f"- best by val on repeats 0-{half - 1}: setting {best}; on repeats {half}-"
                 f"{max(r['repeat'] for r in rs)} its test minus the default's: "
-                f"{gain:+.2f} points [{gain - hw:+.2f}, {gain + hw:+.2f}]", ""]  # fmt: skip
+                f"{gain:+.2f} points [{gain - hw:+.2f}, {gain + hw:+.2f}]",
+                f"- within a setting, the repeat best on val tests {statistics.fmean(lucky):+.2f} "
+                f"points above the setting's mean (mean over settings; the default: "
+                f"{lucky[list(by).index(0)]:+.2f}); val-test correlation between repeats: "
+                f"median {statistics.median(corr):.2f} over settings", ""]  # fmt: skip
     return "\n".join(out)
 
 
