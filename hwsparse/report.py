@@ -244,14 +244,17 @@ def pick_table(info: dict[str, Any]) -> Table:
         t.add_row("trials completed", "0")
         return t
     redrawn = row.get("redraw_of")
-    again = f" (redraw of {redrawn}: its settings, a new seed)" if redrawn is not None else ""
+    again = f", redraw of {redrawn}" if redrawn is not None else ""
     t.add_row("trial", f"{row['trial']}{again}")
     params = row["params"]
     for k, v in params.items():
         label = "target density (sampled)" if k == "density" else k
         t.add_row(f"  {label}", f"{v:.4g}" if isinstance(v, float) else str(v))
-    if "eps_factor" in params:
-        t.caption = "eps_factor scales the penalty's default eps"
+    notes = ["eps_factor scales the penalty's default eps"] if "eps_factor" in params else []
+    if redrawn is not None:
+        notes.append(f"redraw of {redrawn}: trial {redrawn}'s settings trained with a new seed")
+    if notes:
+        t.caption = "; ".join(notes)
         t.caption_justify = "left"
     dtype = row.get("dtype") or "fp32"
     if _not_trained(row):
