@@ -145,7 +145,8 @@ def search_cmd(
         int,
         typer.Option(
             help="Trials the study should have in total: finished ones count, only the "
-            "missing ones run (none when it has them)."
+            "missing ones run (none when it has them). The last quarter redraws the best "
+            "settings with new seeds (budget objective)."
         ),
     ] = 30,
     more: Annotated[
