@@ -88,13 +88,16 @@ METHODS = {
     "tpe-hyperband": ("tpe", True, "hyperband", True),
     "random": ("random", False, "median", False),
     "fixed": ("tpe", False, "median", False),
+    "fixed-redraw": ("tpe", False, "median", True),
     "tpe-lean": ("tpe", True, "median", True),
 }
 # method -> the only knobs of the default space it searches (the others keep their defaults):
-# "fixed" is the default regularizer with only the budget knobs searched; "tpe-lean" adds the
+# "fixed" is the default regularizer with only the budget knobs searched ("fixed-redraw": the
+# same with the shipped redraws, which then redraw the best densities); "tpe-lean" adds the
 # knobs with importance above 0.1 on mnist10k (results/connected_mnist10k.jsonl)
 NARROWED = {
     "fixed": ("density", "granularity"),
+    "fixed-redraw": ("density", "granularity"),
     "tpe-lean": ("density", "granularity", "mask_lr"),
 }
 
