@@ -26,6 +26,7 @@ import uuid
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -161,7 +162,10 @@ def recover_interrupted(study: optuna.Study, storage: Storage) -> list[int]:
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         interrupted = t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
         if (dead or interrupted) and t.number not in retried and t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            attrs: dict[str, Any] = {"retry_of": t.number}
+            if "redraw_of" in t.user_attrs:  # a redraw's re-run is still that redraw
+                attrs["redraw_of"] = t.user_attrs["redraw_of"]
+            study.enqueue_trial(t.params, user_attrs=attrs)
             again.append(t.number)
     return again
 

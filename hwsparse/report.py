@@ -211,12 +211,19 @@ def trials_table(study: optuna.Study, limit: int | None = None, width: int | Non
         left = col in ("state", "penalty", "gran", "fits")
         t.add_column(col, justify="left" if left else "right", no_wrap=col != "val %")
     trials = study.get_trials(deepcopy=False)
-    for tr in trials[-limit:] if limit else trials:
+    shown = trials[-limit:] if limit else trials
+    redraws = [(tr.number, tr.user_attrs["redraw_of"]) for tr in shown
+               if tr.user_attrs.get("redraw_of") is not None]  # fmt: skip
+    if redraws:
+        n, of = redraws[0]
+        t.caption = f"{t.caption}; {n} r{of}: trial {n} redraws {of} (its settings, a new seed)"
+    for tr in shown:
         r = trial_row(tr)
         done = r["state"] == "COMPLETE"
         lat = r["latency_ms"]
+        redrawn = r["redraw_of"]
         cells = {
-            "#": str(r["trial"]),
+            "#": str(r["trial"]) + ("" if redrawn is None else f" r{redrawn}"),
             "state": _STATE.get(r["state"], r["state"].lower()),
             "penalty": str(tr.params.get("penalty", "")),
             "gran": str(tr.params.get("granularity", ""))[:2],

@@ -131,6 +131,27 @@ def test_interrupted_trial_is_rerun_on_resume(tmp_path: Path) -> None:
     assert rerun.user_attrs["retry_of"] == first.number
 
 
+def test_an_interrupted_redraw_is_rerun_as_that_redraw(tmp_path: Path) -> None:
+    config = _config()
+    space = search.apply_epochs(load_space("default"), 1)
+    storage = stores.open_storage(tmp_path / "s.journal", create=True)
+    (done,) = search.run_search("s", storage, config, space, trials=1, device="cpu",
+                                design=False).study.trials  # fmt: skip
+    stores.load_study("s", storage).enqueue_trial(done.params, user_attrs={"redraw_of": 0})
+
+    def ctrl_c(info: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search.run_search("s", storage, config, space, trials=1, device="cpu", on_epoch=ctrl_c,
+                          design=False)  # fmt: skip
+    outcome = search.run_search("s", storage, config, space, trials=1, device="cpu", design=False)
+    assert outcome.retried == [1]
+    rerun = outcome.study.trials[-1]
+    assert rerun.state == TrialState.COMPLETE and rerun.params == done.params
+    assert rerun.user_attrs["retry_of"] == 1 and rerun.user_attrs["redraw_of"] == 0
+
+
 def test_a_batched_study_tells_every_trial(tmp_path: Path) -> None:
     config = _config()
     space = search.apply_epochs(load_space("default"), 2)

@@ -233,6 +233,11 @@ def test_the_cli_says_which_trials_are_redraws(tmp_path: Path) -> None:
     for t in again:
         assert f"trial {t.number}: " in r.output
         assert f"(redraw of {t.user_attrs['redraw_of']})" in r.output
+    table = runner.invoke(app, ["show", "r", "--storage", str(journal)])
+    assert table.exit_code == 0, table.stderr
+    for t in trials:  # the trial table marks each redraw with the trial it redraws
+        mark = f"{t.number} r{t.user_attrs['redraw_of']}" if t in again else f"{t.number} r"
+        assert (mark in table.output) == (t in again)
     shown = runner.invoke(app, ["show", "r", "--storage", str(journal), "--json"])
     assert shown.exit_code == 0, shown.stderr
     pick = json.loads(shown.stdout)["picked"]
