@@ -21,6 +21,7 @@ cost estimation. Results are appended to a JSONL per finished study (resumable).
     python benchmarks/search/run.py --out benchmarks/search/results/digits.jsonl
     python benchmarks/search/run.py --report benchmarks/search/results/digits.jsonl
     python benchmarks/search/run.py --report FILE --paired tpe,fixed   # seed by seed
+    python benchmarks/search/run.py --report FILE --convergence   # gain from 20 to 40 trials
 """
 
 from __future__ import annotations
@@ -268,16 +269,37 @@ def paired(path: Path, a: str, b: str) -> str:
             pairs = [(by[case, a, s].get(f"test_at_{k}"), by[case, b, s].get(f"test_at_{k}"))
                      for s in seeds]  # fmt: skip
             diffs = [100 * (x - y) for x, y in pairs if x is not None and y is not None]
-            if len(diffs) < 2:
-                continue
-            mean = statistics.fmean(diffs)
-            half = student_t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs)
-            half /= len(diffs) ** 0.5
-            won, lost = sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
-            lines.append(
-                f"| {case} | {k} | {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] "
-                f"| {won} / {len(diffs) - won - lost} / {lost} | {len(diffs)} |"
-            )
+            if len(diffs) >= 2:
+                won, lost = sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
+                lines.append(f"| {case} | {k} | {mean_interval(diffs)} "
+                             f"| {won} / {len(diffs) - won - lost} / {lost} | {len(diffs)} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def mean_interval(diffs: list[float]) -> str:
+    """Mean of per-seed differences (points) with its 95 % t interval."""
+    mean = statistics.fmean(diffs)
+    half = student_t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+
+
+def convergence(path: Path) -> str:
+    """How much each method still gains after half its trials: per case and method, test
+    accuracy of the pick at the last checkpoint minus at the one before it, seed by seed (one
+    study's two picks are a pair), and the seeds within 1 point (the issue's target)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    half, full = CHECKPOINTS[-2], CHECKPOINTS[-1]
+    lines = [f"| case | method | test @{full} - @{half} (points, 95 % t interval) "
+             "| seeds within 1 point | seeds |", "|---|---|---|---|---|"]  # fmt: skip
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        x, y = r.get(f"test_at_{full}"), r.get(f"test_at_{half}")
+        if x is not None and y is not None:
+            groups.setdefault((r["case"], r["method"]), []).append(100 * (x - y))
+    for (case, method), diffs in sorted(groups.items()):
+        if len(diffs) >= 2:
+            near = sum(d <= 1.0 for d in diffs)
+            lines.append(f"| {case} | {method} | {mean_interval(diffs)} | {near} | {len(diffs)} |")
     return "\n".join(lines)
 
 
@@ -310,7 +332,15 @@ def main() -> None:
         metavar="A,B",
         help="--report: method A against method B seed by seed (mean difference, 95 %% interval)",
     )
+    p.add_argument(
+        "--convergence",
+        action="store_true",
+        help="--report: the gain from half the trials to all of them, seed by seed",
+    )
     args = p.parse_args()
+    if args.report and args.convergence:
+        print(convergence(Path(args.report)))
+        sys.exit(0)
     if args.report and args.paired:
         print(paired(Path(args.report), *args.paired.split(",", 1)))
         sys.exit(0)
