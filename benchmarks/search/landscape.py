@@ -60,8 +60,8 @@ def settings_of(
         config, space, load_profile(config.target), factory, data.input_shape
     )
     first = next(p for p in design if p["granularity"] == granularity)
-    fixed = search.fix_knobs(space, **{k_: first[k_] for k_ in BUDGET_KNOBS})
-    default = {k_: v for k_, v in first.items() if k_ not in BUDGET_KNOBS}
+    fixed = search.fix_knobs(space, **{name: first[name] for name in BUDGET_KNOBS})
+    default = {name: v for name, v in first.items() if name not in BUDGET_KNOBS}
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     settings = [default]
     while len(settings) < k + 1:

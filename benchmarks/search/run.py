@@ -271,8 +271,9 @@ def paired(path: Path, a: str, b: str) -> str:
             diffs = [100 * (x - y) for x, y in pairs if x is not None and y is not None]
             if len(diffs) >= 2:
                 won, lost = sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
+                tied = len(diffs) - won - lost
                 lines.append(f"| {case} | {k} | {mean_interval(diffs)} "
-                             f"| {won} / {len(diffs) - won - lost} / {lost} | {len(diffs)} |")  # fmt: skip
+                             f"| {won} / {tied} / {lost} | {len(diffs)} |")  # fmt: skip
     return "\n".join(lines)
 
 
