@@ -91,7 +91,11 @@ METHODS = {
     "fixed": ("tpe", False, "median", False),
     "fixed-redraw": ("tpe", False, "median", True),
     "tpe-lean": ("tpe", True, "median", True),
+    "tpe-edge": ("tpe", True, "median", True),
 }
+# method -> the initial design's fractions of the largest fitting density, where not the
+# shipped search.DESIGN_FRACTIONS ("tpe-edge": only the budget's edge, one point per granularity)
+DESIGN = {"tpe-edge": (1.0,)}
 # method -> the only knobs of the default space it searches (the others keep their defaults):
 # "fixed" is the default regularizer with only the budget knobs searched ("fixed-redraw": the
 # same with the shipped redraws, which then redraw the best densities); "tpe-lean" adds the
@@ -186,10 +190,15 @@ def run_one(
     storage = stores.open_storage(tmp / f"{case}-{method}-{seed}.journal", create=True)
     name = "bench"
     sampler, design, pruner, redraws = METHODS[method]
-    outcome = search.run_search(
-        name, storage, config, space, trials=trials, device="cpu", sampler=sampler,
-        design=design, pruner=pruner, redraws=redraws,
-    )  # fmt: skip
+    shipped = search.DESIGN_FRACTIONS
+    search.DESIGN_FRACTIONS = DESIGN.get(method, shipped)
+    try:
+        outcome = search.run_search(
+            name, storage, config, space, trials=trials, device="cpu", sampler=sampler,
+            design=design, pruner=pruner, redraws=redraws,
+        )  # fmt: skip
+    finally:
+        search.DESIGN_FRACTIONS = shipped
     study = outcome.study
     trials_all = sorted(study.trials, key=lambda t: t.number)
     row: dict[str, Any] = {"case": case, "method": method, "seed": seed, "trials": trials,
