@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 from scipy.stats import t as student_t
@@ -176,6 +178,20 @@ def checkpoint_picks(
     return row
 
 
+def environment() -> dict[str, str]:
+    """What a row's numbers may depend on beyond code and seed: conv training is not bitwise
+    reproducible across CPUs (README.md, "A caveat on pairing across sessions")."""
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [x.split(":", 1)[1].strip() for x in cpuinfo.read_text().splitlines()
+                 if x.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "optuna": optuna.__version__}  # fmt: skip
+
+
 def run_one(
     case: str,
     method: str,
@@ -206,6 +222,7 @@ def run_one(
                            "redraws": redraws}  # fmt: skip
     if density_high is not None:
         row["density_high"] = density_high
+    row["env"] = environment()
     row.update(checkpoint_picks(study, outcome.storage, config, space, cv))
     done = [t for t in trials_all if t.state == optuna.trial.TrialState.COMPLETE]
     row["train_s_median"] = statistics.median(t.user_attrs["train_seconds"] for t in done)
