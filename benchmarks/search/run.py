@@ -13,7 +13,9 @@ For each (dataset, model, target, budget) case and seed, three studies of N tria
 - ``random``: the same pipeline and space with Optuna's RandomSampler, no initial design, no
   redraws;
 - ``fixed``: the default regularizer (log penalty, default eps, mask lr, projected masks), only
-  the budget knobs (density, granularity) searched, TPE, no redraws (the baseline as before).
+  the budget knobs (density, granularity) searched, TPE, no redraws (the baseline as before);
+  ``fixed-redraw``: the same with the shipped redraws;
+- ``tpe-edge``: ``tpe`` with the initial design at the budget's edge only (an ablation).
 At each checkpoint (10, 20, 40 trials) the pick among the first k trials (most accurate feasible
 on validation) is evaluated once on test. Also records time per trial split into training and
 cost estimation. Results are appended to a JSONL per finished study (resumable).
