@@ -12,7 +12,9 @@ failed with ``interrupted`` set; a trial whose worker was killed stays RUNNING u
   host. Checked when a worker starts.
 
 Either way the trial's parameters run again once (``retry_of`` or ``failed_trial``), so a
-resumed study re-runs it and nothing finished is lost. Only public Optuna API is used.
+resumed study re-runs it and nothing finished is lost; the re-run keeps the attributes that
+said why the trial was queued (:data:`QUEUED_AS`; the heartbeat's retry keeps all of them).
+Only public Optuna API is used.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import uuid
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -34,6 +35,9 @@ from optuna.trial import FrozenTrial, TrialState
 from hwsparse.storage import Storage, worker_id
 
 WORKER_LOCK_ATTR = "worker_lock"
+# user attributes a queued trial is enqueued with, saying why (the initial design, a redraw,
+# tune's default regularizer); a re-run of the trial is still that trial
+QUEUED_AS = ("warm_start", "redraw_of", "default_regularizer")
 _held_locks: dict[str, tuple[str, int]] = {}  # workers folder -> (lock id, open fd holding it)
 _LOCK_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -162,10 +166,8 @@ def recover_interrupted(study: optuna.Study, storage: Storage) -> list[int]:
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         interrupted = t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
         if (dead or interrupted) and t.number not in retried and t.params:
-            attrs: dict[str, Any] = {"retry_of": t.number}
-            if "redraw_of" in t.user_attrs:  # a redraw's re-run is still that redraw
-                attrs["redraw_of"] = t.user_attrs["redraw_of"]
-            study.enqueue_trial(t.params, user_attrs=attrs)
+            why = {k: v for k, v in t.user_attrs.items() if k in QUEUED_AS}
+            study.enqueue_trial(t.params, user_attrs={**why, "retry_of": t.number})
             again.append(t.number)
     return again
 

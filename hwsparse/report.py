@@ -212,10 +212,9 @@ def trials_table(study: optuna.Study, limit: int | None = None, width: int | Non
         t.add_column(col, justify="left" if left else "right", no_wrap=col != "val %")
     trials = study.get_trials(deepcopy=False)
     shown = trials[-limit:] if limit else trials
-    redraws = [(tr.number, tr.user_attrs["redraw_of"]) for tr in shown
-               if tr.user_attrs.get("redraw_of") is not None]  # fmt: skip
-    if redraws:
-        n, of = redraws[0]
+    example = next((tr for tr in shown if tr.user_attrs.get("redraw_of") is not None), None)
+    if example is not None:
+        n, of = example.number, example.user_attrs["redraw_of"]
         t.caption = f"{t.caption}; {n} r{of}: trial {n} redraws {of} (its settings, a new seed)"
     for tr in shown:
         r = trial_row(tr)
